@@ -1,0 +1,26 @@
+"""Continual-learning metrics from the accuracy matrix R[i][j]: accuracy on task j after task i."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def average_accuracy(acc: Tensor, after: int) -> float:
+    """ACC_i: mean accuracy over the tasks seen so far, 0..`after`."""
+    return float(acc[after, : after + 1].mean())
+
+
+def backward_transfer(acc: Tensor, after: int) -> float | None:
+    """BWT: mean over earlier tasks j of R[after][j] − R[j][j]; None before a second task."""
+    if after == 0:
+        return None
+    return float(sum(acc[after, j] - acc[j, j] for j in range(after)) / after)
+
+
+def forgetting(acc: Tensor, after: int) -> float | None:
+    """Chaudhry et al. 2018: mean over earlier tasks j of the best accuracy j had after it was
+    learned (rows j..after−1) minus its accuracy now; None before a second task."""
+    if after == 0:
+        return None
+    drops = [acc[j:after, j].max() - acc[after, j] for j in range(after)]
+    return float(sum(drops) / after)

@@ -1,0 +1,81 @@
+"""Shared fixtures: small synthetic datasets written in the IDX format torchvision reads."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX file: magic (0, 0, type 0x08 = ubyte, number of dims), big-endian int32 sizes, bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_images(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 28x28 digits: a fixed random stroke pattern per class plus noise."""
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(1234).random((10, 28, 28)) < 0.2
+    labels = np.repeat(np.arange(10), per_class)
+    rng.shuffle(labels)
+    noise = rng.integers(0, 90, size=(len(labels), 28, 28))
+    images = np.where(prototypes[labels], 200, 0) + noise
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_dataset(
+    root: Path, folder: str, per_class_train: int = 40, per_class_test: int = 10
+) -> None:
+    """Uncompressed IDX files where torchvision's MNIST-style loaders look: root/<folder>/raw/."""
+    raw = root / folder / "raw"
+    for prefix, per_class, seed in (("train", per_class_train, 0), ("t10k", per_class_test, 1)):
+        images, labels = synthetic_images(per_class, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding synthetic MNIST and Fashion-MNIST (400 train / 100 test images each)."""
+    root = tmp_path_factory.mktemp("data")
+    write_dataset(root, "MNIST")
+    write_dataset(root, "FashionMNIST")
+    return root
+
+
+# Overrides that make any run tiny: a few steps per task, a small network.
+TINY = [
+    "train.iterations=30",
+    "train.batch_size=32",
+    "model.hidden_sizes=[32]",
+    "task_sequence.num_tasks=3",
+    "data.download=false",
+]
+
+
+def run_cli(
+    *overrides: str, cwd: Path, data_root: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`python run.py ...` as a user types it, outputs kept under `cwd`."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    args = [
+        sys.executable,
+        str(REPO / "run.py"),
+        *overrides,
+        f"hydra.run.dir={cwd}/run",
+        f"hydra.sweep.dir={cwd}/multirun",
+    ]
+    if data_root is not None:
+        args.append(f"data.root={data_root}")
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)

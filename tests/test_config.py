@@ -1,0 +1,124 @@
+"""Every config group composes; bad input is refused with one line before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from ewcexp.config import ConfigError, check_config, check_group_choices
+from tests.conftest import REPO, run_cli
+
+CONF = REPO / "conf"
+GROUPS = ["task_sequence", "model", "strategy", "optimizer", "device"]
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
+)
+def test_every_group_option_composes_and_validates(override):
+    cfg = composed(override)
+    if override == "device=cuda":
+        pytest.skip("cuda is checked against this machine below")
+    check_config(cfg)
+
+
+def test_default_config_has_the_documented_keys():
+    cfg = composed()
+    assert cfg["lambda"] == 400 and cfg.seed == 0
+    assert cfg.fisher.estimator == "exact" and cfg.fisher.num_samples == -1
+    assert cfg.strategy.strength == 400  # follows the top-level lambda
+    assert composed("lambda=10", "strategy=online_ewc").strategy.strength == 10
+
+
+BAD = {
+    "lambda=-1": "lambda=-1 is not allowed: expected a number >= 0",
+    "lambda=abc": "lambda=abc is not allowed: expected a number >= 0",
+    "strategy.gamma=1.5": "strategy.gamma=1.5 is not allowed: expected a number in (0, 1]",
+    "fisher.estimator=foo": "fisher.estimator=foo is not allowed: expected one of exact, sample",
+    "fisher.num_samples=0": "fisher.num_samples=0 is not allowed: expected -1 (all) or an integer",
+    "task_sequence.num_tasks=0": "task_sequence.num_tasks=0 is not allowed: expected an integer >= 1",
+    "optimizer.lr=0": "optimizer.lr=0 is not allowed: expected a number > 0",
+    "train.iterations=-5": "train.iterations=-5 is not allowed: expected null or an integer >= 1",
+    "task_sequence.scenario=tasks": "task_sequence.scenario=tasks is not allowed: expected one of",
+    "model.hidden_sizes=[400,0]": "model.hidden_sizes=[400, 0] is not allowed",
+}
+
+
+@pytest.mark.parametrize("override", list(BAD))
+def test_bad_values_name_key_value_and_what_is_allowed(override):
+    extra = ["strategy=online_ewc"] if override.startswith("strategy.") else []
+    with pytest.raises(ConfigError) as error:
+        check_config(composed(*extra, override))
+    assert str(error.value).startswith(BAD[override])
+    assert "\n" not in str(error.value)
+
+
+def test_split_sequence_with_more_tasks_than_classes_allow():
+    with pytest.raises(
+        ConfigError,
+        match=r"task_sequence.num_tasks=6 is not allowed: mnist has 10 "
+        r"classes, so with classes_per_task=2 at most 5 tasks",
+    ):
+        check_config(composed("task_sequence=split_mnist", "task_sequence.num_tasks=6"))
+    check_config(
+        composed(
+            "task_sequence=split_mnist",
+            "task_sequence.num_tasks=10",
+            "task_sequence.classes_per_task=1",
+        )
+    )
+
+
+def test_class_order_must_be_a_permutation():
+    with pytest.raises(ConfigError, match=r"class_order=\[0, 0, 1"):
+        check_config(
+            composed("task_sequence=split_mnist", "task_sequence.class_order=[0,0,1,2,3,4,5,6,7,8]")
+        )
+
+
+def test_cuda_is_refused_where_there_is_none():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="device=cuda is not allowed: CUDA is not available"):
+        check_config(composed("device=cuda"))
+
+
+def test_unknown_group_option_is_caught_before_hydra():
+    with pytest.raises(
+        ConfigError,
+        match="strategy=ewcc is not allowed: expected one of ewc, ewc_sum, "
+        "finetune, joint, l2, online_ewc",
+    ):
+        check_group_choices(["strategy=ewcc"], CONF)
+    with pytest.raises(ConfigError, match="strategy=ewcc"):
+        check_group_choices(["-m", "strategy=ewc,ewcc", "lambda=1,2"], CONF)
+    check_group_choices(["strategy=ewc,l2", "hydra.run.dir=x", "+foo=bar", "lambda=3"], CONF)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override", ["lambda=abc", "strategy=ewcc", "fisher.num_samples=0", "device=cuda"]
+)
+def test_cli_bad_input_is_one_line_no_traceback_no_results(override, tmp_path: Path):
+    import torch
+
+    if override == "device=cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = run_cli(override, cwd=tmp_path)
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: {override.split('=')[0]}=")
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not list(tmp_path.rglob("results.json"))
+    assert "task 1/" not in done.stdout + done.stderr  # no training started

@@ -1,0 +1,180 @@
+"""Every Fisher estimator against its definition, computed one sample at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ewcexp.fisher import ESTIMATORS, estimate_fisher
+from ewcexp.model import MLP
+
+
+def brute_force_fisher(model, images, labels, estimator, active, generator=None, batch_size=None):
+    """The definitions of ewc-math.md, literally: a backward pass per sample (and per class)."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+
+    def add_squared_grad(scalar, weight=1.0):
+        for t, g in zip(total, torch.autograd.grad(scalar, params, retain_graph=True), strict=True):
+            t += weight * g * g
+
+    if estimator == "batched":
+        batches = range(0, len(images), batch_size)
+        for start in batches:
+            logits = model(images[start : start + batch_size])[:, active]
+            add_squared_grad(F.cross_entropy(logits, labels[start : start + batch_size]))
+        return [t / len(batches) for t in total]
+
+    with torch.no_grad():
+        probs = model(images)[:, active].softmax(-1)
+    drawn = (
+        torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        if estimator == "sample"
+        else None
+    )
+    for n in range(len(images)):
+        log_probs = model(images[n : n + 1])[0, active].log_softmax(-1)
+        if estimator == "exact":
+            for c in range(len(log_probs)):
+                add_squared_grad(log_probs[c], probs[n, c].item())
+        else:
+            target = labels[n] if estimator == "empirical" else drawn[n]
+            add_squared_grad(log_probs[target])
+    return [t / len(images) for t in total]
+
+
+class SharedLinear(nn.Module):
+    """One Linear applied twice per sample: the closed form does not hold, torch.func is used."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+
+class WithBatchNorm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def models():
+    torch.manual_seed(0)
+    mlp = MLP(6, 5, hidden_sizes=[7, 4])
+    return {
+        "mlp (closed form)": mlp,
+        "shared linear (torch.func)": SharedLinear(),
+        "batchnorm (torch.func)": WithBatchNorm(),
+    }
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("name", list(models()))
+@pytest.mark.parametrize("active", [slice(0, 5), slice(2, 5)], ids=["all units", "one head"])
+def test_estimator_equals_definition(estimator, name, active):
+    model = models()[name]
+    if isinstance(model, WithBatchNorm):  # give the running statistics non-trivial values
+        model.train()
+        model(torch.randn(64, 6) * 3 + 1)
+    images = torch.randn(23, 6)
+    labels = torch.randint(0, active.stop - active.start, (23,))
+    fast = estimate_fisher(
+        model,
+        images,
+        labels,
+        estimator=estimator,
+        active=active,
+        batch_size=64 if estimator == "sample" else 5,
+        generator=torch.Generator().manual_seed(7),
+    )
+    slow = brute_force_fisher(
+        model,
+        images,
+        labels,
+        estimator,
+        active,
+        generator=torch.Generator().manual_seed(7),
+        batch_size=5,
+    )
+    for f, s in zip(fast, slow, strict=True):
+        assert f.shape == s.shape
+        torch.testing.assert_close(f, s, rtol=1e-4, atol=1e-7)
+    assert sum(float(f.sum()) for f in fast) > 0
+
+
+def test_chunking_does_not_change_per_sample_estimates():
+    model = models()["mlp (closed form)"]
+    images, labels = torch.randn(50, 6), torch.randint(0, 5, (50,))
+    whole = estimate_fisher(
+        model, images, labels, estimator="exact", active=slice(0, 5), batch_size=50
+    )
+    chunked = estimate_fisher(
+        model, images, labels, estimator="exact", active=slice(0, 5), batch_size=7
+    )
+    for a, b in zip(whole, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_fisher_leaves_model_mode_and_batchnorm_statistics_alone():
+    model = models()["batchnorm (torch.func)"]
+    model.train()
+    model(torch.randn(32, 6))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    estimate_fisher(
+        model, torch.randn(10, 6), torch.randint(0, 5, (10,)), estimator="exact", active=slice(0, 5)
+    )
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_batched_estimate_shrinks_with_batch_size():
+    """The minibatch estimator is not per sample: larger batches average gradients out."""
+    model = models()["mlp (closed form)"]
+    images, labels = torch.randn(256, 6), torch.randint(0, 5, (256,))
+
+    def total(batch_size):
+        return sum(
+            float(f.sum())
+            for f in estimate_fisher(
+                model,
+                images,
+                labels,
+                estimator="batched",
+                active=slice(0, 5),
+                batch_size=batch_size,
+            )
+        )
+
+    assert total(1) > 5 * total(64)
+
+
+def test_single_sample_batches_equal_empirical():
+    model = models()["mlp (closed form)"]
+    images, labels = torch.randn(12, 6), torch.randint(0, 5, (12,))
+    batched = estimate_fisher(
+        model, images, labels, estimator="batched", active=slice(0, 5), batch_size=1
+    )
+    empirical = estimate_fisher(model, images, labels, estimator="empirical", active=slice(0, 5))
+    for a, b in zip(batched, empirical, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_estimator_is_refused():
+    with pytest.raises(ValueError, match="estimator='foo'"):
+        estimate_fisher(
+            MLP(6, 5, [4]),
+            torch.randn(2, 6),
+            torch.zeros(2, dtype=torch.long),
+            estimator="foo",
+            active=slice(0, 5),
+        )

