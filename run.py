@@ -7,17 +7,20 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ewcexp.config import ConfigError, check_config, check_group_choices
-from ewcexp.data import DataUnavailable
-from ewcexp.runner import run_experiment
+from ewcexp.cli import unknown_group_choice
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """One experiment; returns the final average accuracy, the objective of sweepers."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from ewcexp.config import ConfigError, check_config
+    from ewcexp.data import DataUnavailable
+    from ewcexp.runner import run_experiment
+
     try:
         check_config(cfg)
         results = run_experiment(cfg, Path(HydraConfig.get().runtime.output_dir))
@@ -27,8 +30,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    try:
-        check_group_choices(sys.argv[1:], Path(__file__).parent / "conf")
-    except ConfigError as error:
+    if error := unknown_group_choice(sys.argv[1:], Path(__file__).parent / "conf"):
         sys.exit(f"error: {error}")
     main()

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ewcexp.fisher import ESTIMATORS, estimate_fisher
-from ewcexp.model import MLP
+from ewcexp.fisher import ESTIMATORS, FLOATS_PER_CHUNK, _plan, estimate_fisher
+from ewcexp.model import CNN, MLP
 
 
 def brute_force_fisher(model, images, labels, estimator, active, generator=None, batch_size=None):
@@ -47,7 +47,7 @@ def brute_force_fisher(model, images, labels, estimator, active, generator=None,
 
 
 class SharedLinear(nn.Module):
-    """One Linear applied twice per sample: the closed form does not hold, torch.func is used."""
+    """One Linear applied twice per sample: no closed form, so torch.func computes it."""
 
     def __init__(self):
         super().__init__()
@@ -67,25 +67,47 @@ class WithBatchNorm(nn.Module):
         return self.net(x)
 
 
+class Mixed(nn.Module):
+    """All three paths in one model: a strided, dilated, bias-free conv and a plain conv
+    (unfold), BatchNorm (torch.func), Linear layers (closed form)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 3, 3, stride=2, dilation=2, padding=2, bias=False)
+        self.norm = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 4, 2)
+        self.head = nn.Sequential(nn.Linear(4 * 3 * 3, 6), nn.Tanh(), nn.Linear(6, 5))
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.norm(self.conv1(x)))))
+        return self.head(x.flatten(1))
+
+
 def models():
+    """name -> (model, shape of one input), built afresh with fixed weights."""
     torch.manual_seed(0)
-    mlp = MLP(6, 5, hidden_sizes=[7, 4])
     return {
-        "mlp (closed form)": mlp,
-        "shared linear (torch.func)": SharedLinear(),
-        "batchnorm (torch.func)": WithBatchNorm(),
+        "mlp (closed form)": (MLP((6,), 5, hidden_sizes=[7, 4]), (6,)),
+        "cnn (unfold + closed form)": (CNN((7, 7), 5, channels=[3], hidden_size=4), (7, 7)),
+        "mixed (all three paths)": (Mixed(), (2, 8, 8)),
+        "shared linear (torch.func)": (SharedLinear(), (6,)),
+        "batchnorm (torch.func)": (WithBatchNorm(), (6,)),
     }
+
+
+def warm_batchnorm(model, shape):
+    """Give running statistics non-trivial values, so eval mode visibly differs from train mode."""
+    model.train()
+    model(torch.randn(64, *shape) * 3 + 1)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("name", list(models()))
 @pytest.mark.parametrize("active", [slice(0, 5), slice(2, 5)], ids=["all units", "one head"])
 def test_estimator_equals_definition(estimator, name, active):
-    model = models()[name]
-    if isinstance(model, WithBatchNorm):  # give the running statistics non-trivial values
-        model.train()
-        model(torch.randn(64, 6) * 3 + 1)
-    images = torch.randn(23, 6)
+    model, shape = models()[name]
+    warm_batchnorm(model, shape)
+    images = torch.randn(23, *shape)
     labels = torch.randint(0, active.stop - active.start, (23,))
     fast = estimate_fisher(
         model,
@@ -106,13 +128,31 @@ def test_estimator_equals_definition(estimator, name, active):
         batch_size=5,
     )
     for f, s in zip(fast, slow, strict=True):
-        assert f.shape == s.shape
+        assert f.shape == s.shape and not f.requires_grad
         torch.testing.assert_close(f, s, rtol=1e-4, atol=1e-7)
     assert sum(float(f.sum()) for f in fast) > 0
 
 
+def test_each_layer_takes_its_path():
+    mixed = Mixed()
+    plan = _plan(mixed, list(mixed.parameters()), torch.randn(1, 2, 8, 8))
+    assert len(plan.linears) == 2 and len(plan.convs) == 2
+    assert sorted(plan.others) == ["norm.bias", "norm.weight"]
+    shared = SharedLinear()
+    plan = _plan(shared, list(shared.parameters()), torch.randn(1, 6))
+    assert plan.linears == [shared.out] and sorted(plan.others) == ["inner.bias", "inner.weight"]
+
+
+def test_chunks_stay_within_the_memory_budget():
+    model = CNN((28, 28), 10)
+    plan = _plan(model, list(model.parameters()), torch.randn(1, 28, 28))
+    per_sample = 32 * 28 * 28 + 64 * 14 * 14 + 128 + 10  # output gradients of every fast layer
+    assert plan.floats_per_sample == per_sample
+    assert plan.max_chunk(10, "exact") * per_sample * 10 <= FLOATS_PER_CHUNK
+
+
 def test_chunking_does_not_change_per_sample_estimates():
-    model = models()["mlp (closed form)"]
+    model, _ = models()["mlp (closed form)"]
     images, labels = torch.randn(50, 6), torch.randint(0, 5, (50,))
     whole = estimate_fisher(
         model, images, labels, estimator="exact", active=slice(0, 5), batch_size=50
@@ -125,12 +165,15 @@ def test_chunking_does_not_change_per_sample_estimates():
 
 
 def test_fisher_leaves_model_mode_and_batchnorm_statistics_alone():
-    model = models()["batchnorm (torch.func)"]
-    model.train()
-    model(torch.randn(32, 6))
+    model, shape = models()["mixed (all three paths)"]
+    warm_batchnorm(model, shape)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     estimate_fisher(
-        model, torch.randn(10, 6), torch.randint(0, 5, (10,)), estimator="exact", active=slice(0, 5)
+        model,
+        torch.randn(10, *shape),
+        torch.randint(0, 5, (10,)),
+        estimator="exact",
+        active=slice(0, 5),
     )
     assert model.training
     for key, value in model.state_dict().items():
@@ -139,7 +182,7 @@ def test_fisher_leaves_model_mode_and_batchnorm_statistics_alone():
 
 def test_batched_estimate_shrinks_with_batch_size():
     """The minibatch estimator is not per sample: larger batches average gradients out."""
-    model = models()["mlp (closed form)"]
+    model, _ = models()["mlp (closed form)"]
     images, labels = torch.randn(256, 6), torch.randint(0, 5, (256,))
 
     def total(batch_size):
@@ -159,7 +202,7 @@ def test_batched_estimate_shrinks_with_batch_size():
 
 
 def test_single_sample_batches_equal_empirical():
-    model = models()["mlp (closed form)"]
+    model, _ = models()["mlp (closed form)"]
     images, labels = torch.randn(12, 6), torch.randint(0, 5, (12,))
     batched = estimate_fisher(
         model, images, labels, estimator="batched", active=slice(0, 5), batch_size=1
@@ -172,7 +215,7 @@ def test_single_sample_batches_equal_empirical():
 def test_unknown_estimator_is_refused():
     with pytest.raises(ValueError, match="estimator='foo'"):
         estimate_fisher(
-            MLP(6, 5, [4]),
+            MLP((6,), 5, [4]),
             torch.randn(2, 6),
             torch.zeros(2, dtype=torch.long),
             estimator="foo",

@@ -18,9 +18,9 @@ from tests.conftest import REPO, TINY, run_cli, synthetic_images, write_idx
 STRATEGIES = ["finetune", "l2", "ewc", "ewc_sum", "online_ewc", "joint"]
 
 
-def experiment(tmp_path: Path, data_root: Path, *overrides: str) -> dict:
+def experiment(tmp_path: Path, data_root: Path, *overrides: str, base: list[str] = TINY) -> dict:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*TINY, f"data.root={data_root}", *overrides])
+        cfg = compose(config_name="config", overrides=[*base, f"data.root={data_root}", *overrides])
     check_config(cfg)
     return run_experiment(cfg, tmp_path)
 
@@ -161,3 +161,18 @@ def test_fashion_mnist_is_copied_from_the_debian_package_location(tmp_path, monk
     assert data.train_images.shape == (200, 28, 28) and data.test_images.shape == (50, 28, 28)
     assert (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
     assert not list(root.rglob("*.partial"))
+
+
+def test_cnn_trains_with_a_per_sample_fisher(tmp_path, data_root):
+    results = experiment(
+        tmp_path,
+        data_root,
+        "model=cnn",
+        "model.channels=[4,8]",
+        "model.hidden_size=16",
+        "task_sequence=split_mnist",
+        "strategy=ewc",
+        "fisher.num_samples=40",
+        base=[o for o in TINY if not o.startswith("model.")],
+    )
+    assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.65

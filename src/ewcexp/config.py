@@ -5,9 +5,7 @@ Each failure is one line naming the key, the value given and what is allowed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -107,20 +105,3 @@ def check_config(cfg: DictConfig) -> None:
     reason = unavailable_reason(cfg.device.type)
     if reason:
         raise ConfigError(f"device={cfg.device.type} is not allowed: {reason}; use device=cpu")
-
-
-def check_group_choices(overrides: Sequence[str], conf_dir: Path) -> None:
-    """Catch `group=option` overrides naming an option that does not exist, before Hydra does
-    (Hydra's own message spans a dozen lines). Sweeps `group=a,b` are checked option by option;
-    anything fancier is left to Hydra."""
-    for override in overrides:
-        match = re.fullmatch(r"([A-Za-z_]\w*)=([\w.\-]+(?:,[\w.\-]+)*)", override)
-        if not match or not (conf_dir / match[1]).is_dir():
-            continue
-        group, choices = match[1], match[2].split(",")
-        options = sorted(path.stem for path in (conf_dir / group).glob("*.yaml"))
-        for choice in choices:
-            if choice not in options:
-                raise ConfigError(
-                    f"{group}={choice} is not allowed: expected one of {', '.join(options)}"
-                )

@@ -11,22 +11,29 @@ the log-likelihood under the model's softmax over the `active` output units:
 mean loss, averaged over minibatches. It is not a per-sample quantity (its scale
 shrinks roughly with the batch size) and needs a far larger λ.
 
-Speed: for `nn.Linear` layers applied once per sample, the per-sample squared
-gradients sum in closed form, Σ_n (δ_n a_nᵀ)² = (δ⊙δ)ᵀ(a⊙a), from one batched
-backward pass; `exact` sends one backward signal per class (√p_c-weighted), all
-classes in one batched call. Any other model goes through `torch.func`
-(vmap of per-sample gradients), in chunks.
+How it is fast. Since ∂ log p(c|x)/∂logits = onehot(c) − p, every per-sample
+estimator is a sum of squared per-sample gradients of `g · logits` for a few
+backward signals g per sample: onehot(y) − p (empirical), onehot(ŷ) − p (sample),
+or √p_c·(onehot(c) − p) for every class c (exact). One forward pass and one
+batched backward pass of those signals give each layer's output gradients δ;
+then, per layer:
+- `nn.Linear` applied once per sample: Σ_n (δ_n a_nᵀ)² = (δ⊙δ)ᵀ(a⊙a), one matmul;
+- `nn.Conv2d` (weights shared across positions): per-sample gradients from the
+  unfolded input, materialised one chunk and one signal at a time;
+- any other parameter: per-sample gradients by `torch.func` (vmap of grad), chunked.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, vmap
 
 ESTIMATORS = ("exact", "sample", "empirical", "batched")
-PER_SAMPLE_GRADIENT_BUDGET = 2**26  # floats materialised at once by the torch.func path
+FLOATS_PER_CHUNK = 2**25  # per-sample gradients materialised at once (128 MiB of float32)
 
 
 def estimate_fisher(
@@ -52,64 +59,125 @@ def estimate_fisher(
     model.eval()
     try:
         if estimator == "batched":
-            num_batches = 0
-            for start in range(0, len(images), batch_size):
-                logits = model(images[start : start + batch_size])[:, active]
-                loss = F.cross_entropy(logits, labels[start : start + batch_size])
-                for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
-                    fisher[p] += g * g
-                num_batches += 1
-            return [fisher[p] / num_batches for p in params]
-
-        linears = _closed_form_linears(model, params, images[:1])
-        if linears is None:  # bound the per-sample gradients held in memory at once
-            floats_per_sample = sum(p.numel() for p in params)
-            if estimator == "exact":
-                floats_per_sample *= active.stop - active.start
-            batch_size = max(1, min(batch_size, PER_SAMPLE_GRADIENT_BUDGET // floats_per_sample))
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size], labels[start : start + batch_size]
-            if linears is not None:
-                _add_closed_form(model, linears, fisher, *chunk, estimator, active, generator)
-            else:
-                _add_per_sample(model, fisher, *chunk, estimator, active, generator)
+            return _batched(model, params, images, labels, active, batch_size)
+        plan = _plan(model, params, images[:1])
+        chunk = min(batch_size, plan.max_chunk(active.stop - active.start, estimator))
+        for start in range(0, len(images), chunk):
+            _add_chunk(
+                model,
+                plan,
+                fisher,
+                images[start : start + chunk],
+                labels[start : start + chunk],
+                estimator,
+                active,
+                generator,
+            )
     finally:
         model.train(was_training)
     return [fisher[p] / len(images) for p in params]
 
 
-def _targets(
-    probs: Tensor, labels: Tensor, estimator: str, generator: torch.Generator | None
-) -> Tensor:
-    """The label whose log-likelihood is differentiated: true (`empirical`) or drawn (`sample`)."""
-    if estimator == "empirical":
-        return labels
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+def _batched(
+    model: nn.Module,
+    params: list[Tensor],
+    images: Tensor,
+    labels: Tensor,
+    active: slice,
+    batch_size: int,
+) -> list[Tensor]:
+    """Squared gradients of minibatch mean losses, averaged over minibatches."""
+    total = [torch.zeros_like(p) for p in params]
+    starts = range(0, len(images), batch_size)
+    for start in starts:
+        logits = model(images[start : start + batch_size])[:, active]
+        loss = F.cross_entropy(logits, labels[start : start + batch_size])
+        grads = torch.autograd.grad(loss, params)
+        torch._foreach_addcmul_(total, grads, grads)
+    return [t / len(starts) for t in total]
 
 
-def _closed_form_linears(
-    model: nn.Module, params: list[Tensor], probe: Tensor
-) -> list[nn.Linear] | None:
-    """The model's Linear layers if they hold every trainable parameter and each sees one
-    2-D input per sample (checked on a probe forward); otherwise None."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    covered = {id(p) for m in linears for p in m.parameters()}
-    if any(id(p) not in covered for p in params):
-        return None
-    calls: dict[nn.Module, list[int]] = {m: [] for m in linears}
-    hooks = [m.register_forward_hook(lambda m, i, o: calls[m].append(i[0].dim())) for m in linears]
+@dataclass
+class _Plan:
+    """Which path computes each trainable parameter's per-sample squared gradients."""
+
+    linears: list[nn.Linear] = field(default_factory=list)
+    convs: list[nn.Conv2d] = field(default_factory=list)
+    others: dict[str, Tensor] = field(default_factory=dict)  # name -> parameter, for torch.func
+    floats_per_sample: int = 0  # most floats held per sample and signal (gradients, δ)
+
+    def max_chunk(self, classes: int, estimator: str) -> int:
+        """Samples per chunk that keep materialised per-sample gradients within budget."""
+        signals = classes if estimator == "exact" else 1
+        return max(1, FLOATS_PER_CHUNK // max(1, self.floats_per_sample * signals))
+
+
+def _plan(model: nn.Module, params: list[Tensor], probe: Tensor) -> _Plan:
+    """Route Linear and Conv2d layers that run once per sample to their fast paths (checked
+    on a probe forward); every other trainable parameter goes to torch.func."""
+    candidates = [
+        m
+        for m in model.modules()
+        if (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and _unfoldable(m)))
+        and any(p.requires_grad for p in m.parameters())
+    ]
+    input_dims: dict[nn.Module, list[int]] = {m: [] for m in candidates}
+    output_sizes: dict[nn.Module, int] = {}
+
+    def record(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        input_dims[module].append(inputs[0].dim())
+        output_sizes[module] = output[0].numel()
+
+    hooks = [m.register_forward_hook(record) for m in candidates]
     try:
         with torch.no_grad():
             model(probe)
     finally:
         for hook in hooks:
             hook.remove()
-    return linears if all(dims == [2] for dims in calls.values()) else None
+    plan = _Plan()
+    for module in candidates:
+        if isinstance(module, nn.Linear) and input_dims[module] == [2]:
+            plan.linears.append(module)
+        elif isinstance(module, nn.Conv2d) and input_dims[module] == [4]:
+            plan.convs.append(module)
+            plan.floats_per_sample = max(plan.floats_per_sample, module.weight.numel())
+    # the output gradients δ of every fast layer are held at once
+    plan.floats_per_sample = max(
+        plan.floats_per_sample, sum(output_sizes[m] for m in plan.linears + plan.convs)
+    )
+    fast = {id(p) for m in plan.linears + plan.convs for p in m.parameters()}
+    plan.others = {
+        n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in fast
+    }
+    if plan.others:
+        plan.floats_per_sample = max(
+            plan.floats_per_sample, sum(p.numel() for p in plan.others.values())
+        )
+    return plan
 
 
-def _add_closed_form(
+def _unfoldable(conv: nn.Conv2d) -> bool:
+    return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def _signals(
+    probs: Tensor, labels: Tensor, estimator: str, generator: torch.Generator | None
+) -> Tensor:
+    """Backward signals on the logits, [signal, sample, class]; the estimator is the sum over
+    signals of the squared per-sample gradients of signal · logits."""
+    classes = probs.shape[1]
+    if estimator == "exact":
+        onehots = torch.eye(classes, dtype=probs.dtype, device=probs.device)[:, None, :]
+        return probs.T.sqrt()[:, :, None] * (onehots - probs)
+    if estimator == "sample":
+        labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return (F.one_hot(labels, classes).to(probs.dtype) - probs)[None]
+
+
+def _add_chunk(
     model: nn.Module,
-    linears: list[nn.Linear],
+    plan: _Plan,
     fisher: dict[Tensor, Tensor],
     images: Tensor,
     labels: Tensor,
@@ -117,67 +185,74 @@ def _add_closed_form(
     active: slice,
     generator: torch.Generator | None,
 ) -> None:
-    """Add Σ_n of the per-sample squared gradients of a chunk, one batched backward pass."""
+    """Add a chunk's Σ_n of per-sample squared gradients to `fisher`."""
+    layers = plan.linears + plan.convs
     seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.update({m: (i[0], o)})) for m in linears]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.update({m: (i[0].detach(), o)}))
+        for m in layers
+    ]
     try:
         logits = model(images)[:, active]
     finally:
         for hook in hooks:
             hook.remove()
-    outputs = [seen[m][1] for m in linears]
-    probs = logits.detach().softmax(-1)
-    # ∂ log p(c|x) / ∂ logits = onehot(c) − p
-    if estimator == "exact":
-        classes = probs.shape[1]
-        onehots = torch.eye(classes, dtype=probs.dtype, device=probs.device)[:, None, :]
-        signals = probs.T.sqrt()[:, :, None] * (onehots - probs)  # [class, sample, class]
+    signals = _signals(logits.detach().softmax(-1), labels, estimator, generator)
+    if layers:
+        outputs = [seen[m][1] for m in layers]
         deltas = torch.autograd.grad(logits, outputs, signals, is_grads_batched=True)
-        squared = [(delta * delta).sum(0) for delta in deltas]
-    else:
-        targets = _targets(probs, labels, estimator, generator)
-        signal = F.one_hot(targets, probs.shape[1]).to(probs.dtype) - probs
-        deltas = torch.autograd.grad(logits, outputs, signal)
-        squared = [delta * delta for delta in deltas]
-    for layer, delta_sq in zip(linears, squared, strict=True):
-        activations = seen[layer][0].detach()
-        fisher[layer.weight] += delta_sq.T @ (activations * activations)
+        for layer, delta in zip(layers, deltas, strict=True):
+            inputs = seen[layer][0]
+            if isinstance(layer, nn.Linear):
+                _add_linear(layer, fisher, inputs, delta)
+            else:
+                _add_conv(layer, fisher, inputs, delta)
+    if plan.others:
+        _add_torch_func(model, plan.others, fisher, images, signals, active)
+
+
+def _add_linear(
+    layer: nn.Linear, fisher: dict[Tensor, Tensor], inputs: Tensor, delta: Tensor
+) -> None:
+    """Σ_s Σ_n (δ_sn a_nᵀ)² = (Σ_s δ_s⊙δ_s)ᵀ (a⊙a): the activations do not depend on the signal."""
+    delta_sq = (delta * delta).sum(0)
+    fisher[layer.weight] += delta_sq.T @ (inputs * inputs)
+    if layer.bias is not None:
+        fisher[layer.bias] += delta_sq.sum(0)
+
+
+def _add_conv(
+    layer: nn.Conv2d, fisher: dict[Tensor, Tensor], inputs: Tensor, delta: Tensor
+) -> None:
+    """Per-sample weight gradients δ_n · unfold(a_n)ᵀ, one signal at a time, squared and summed."""
+    patches = F.unfold(inputs, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+    for delta_s in delta:  # [sample, out_channels, H', W']
+        per_position = delta_s.flatten(2)
+        weight_grads = torch.bmm(per_position, patches.transpose(1, 2))
+        fisher[layer.weight] += (weight_grads * weight_grads).sum(0).view_as(layer.weight)
         if layer.bias is not None:
-            fisher[layer.bias] += delta_sq.sum(0)
+            bias_grads = per_position.sum(2)
+            fisher[layer.bias] += (bias_grads * bias_grads).sum(0)
 
 
-def _add_per_sample(
+def _add_torch_func(
     model: nn.Module,
+    others: dict[str, Tensor],
     fisher: dict[Tensor, Tensor],
     images: Tensor,
-    labels: Tensor,
-    estimator: str,
+    signals: Tensor,
     active: slice,
-    generator: torch.Generator | None,
 ) -> None:
-    """Generic path for any model: materialise per-sample gradients with torch.func."""
-    trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-    frozen.update(model.named_buffers())
-    by_name = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    """Generic path: materialise per-sample gradients of signal · logits with torch.func."""
+    weights = {name: p.detach() for name, p in others.items()}
+    # every other parameter enters as a constant, so no autograd history reaches the result
+    constants = {n: p.detach() for n, p in model.named_parameters() if n not in others}
 
-    def log_probs(weights: dict[str, Tensor], image: Tensor) -> Tensor:
-        logits = functional_call(model, {**weights, **frozen}, (image.unsqueeze(0),))
-        return logits[0, active].log_softmax(-1)
+    def signal_dot_logits(weights: dict[str, Tensor], image: Tensor, signal: Tensor) -> Tensor:
+        logits = functional_call(model, (weights, constants), (image.unsqueeze(0),))
+        return (logits[0, active] * signal).sum()
 
-    with torch.no_grad():
-        probs = model(images)[:, active].softmax(-1)
-    if estimator == "exact":
-        jacobians = vmap(jacrev(log_probs), in_dims=(None, 0))(trainable, images)
-        for name, jac in jacobians.items():
-            fisher[by_name[name]] += torch.einsum("nc,nc...->...", probs, jac * jac)
-        return
-
-    onehots = F.one_hot(_targets(probs, labels, estimator, generator), probs.shape[1])
-
-    def target_log_prob(weights: dict[str, Tensor], image: Tensor, onehot: Tensor) -> Tensor:
-        return (log_probs(weights, image) * onehot).sum()
-
-    grads = vmap(grad(target_log_prob), in_dims=(None, 0, 0))(trainable, images, onehots)
-    for name, g in grads.items():
-        fisher[by_name[name]] += (g * g).sum(0)
+    per_sample_grad = vmap(grad(signal_dot_logits), in_dims=(None, 0, 0))
+    for signal in signals:
+        for name, g in per_sample_grad(weights, images, signal).items():
+            fisher[others[name]] += (g * g).sum(0)

@@ -37,7 +37,7 @@ def run_experiment(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     sequence: TaskSequence = instantiate(cfg.task_sequence, images=images)
     scenario, tasks = sequence.scenario, sequence.tasks
     model: nn.Module = instantiate(
-        cfg.model, in_features=math.prod(sequence.input_shape), out_features=scenario.output_size
+        cfg.model, input_shape=sequence.input_shape, out_features=scenario.output_size
     ).to(device)
     strategy: Finetune = instantiate(cfg.strategy)
     params = [p for p in model.parameters() if p.requires_grad]
