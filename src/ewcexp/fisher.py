@@ -200,39 +200,49 @@ def _add_chunk(
     signals = _signals(logits.detach().softmax(-1), labels, estimator, generator)
     if layers:
         outputs = [seen[m][1] for m in layers]
-        deltas = torch.autograd.grad(logits, outputs, signals, is_grads_batched=True)
-        for layer, delta in zip(layers, deltas, strict=True):
-            inputs = seen[layer][0]
-            if isinstance(layer, nn.Linear):
-                _add_linear(layer, fisher, inputs, delta)
-            else:
-                _add_conv(layer, fisher, inputs, delta)
+        linear_delta_sq = [0.0] * len(plan.linears)  # Σ over signals of δ⊙δ, per Linear layer
+        patches = {conv: _unfold(conv, seen[conv][0]) for conv in plan.convs}
+        # one backward pass per signal (for `exact`, per class), each used at once; batching
+        # them with `is_grads_batched` is slower (vmap falls back to loops for max-pooling)
+        for signal in signals:
+            deltas = torch.autograd.grad(logits, outputs, signal, retain_graph=True)
+            for i, (layer, delta) in enumerate(zip(layers, deltas, strict=True)):
+                if i < len(plan.linears):
+                    linear_delta_sq[i] = linear_delta_sq[i] + delta * delta
+                else:
+                    _add_conv(layer, fisher, patches[layer], delta)
+        for layer, delta_sq in zip(plan.linears, linear_delta_sq, strict=True):
+            _add_linear(layer, fisher, seen[layer][0], delta_sq)
     if plan.others:
         _add_torch_func(model, plan.others, fisher, images, signals, active)
 
 
 def _add_linear(
-    layer: nn.Linear, fisher: dict[Tensor, Tensor], inputs: Tensor, delta: Tensor
+    layer: nn.Linear, fisher: dict[Tensor, Tensor], inputs: Tensor, delta_sq: Tensor
 ) -> None:
-    """Σ_s Σ_n (δ_sn a_nᵀ)² = (Σ_s δ_s⊙δ_s)ᵀ (a⊙a): the activations do not depend on the signal."""
-    delta_sq = (delta * delta).sum(0)
+    """Σ_n (δ_n a_nᵀ)² = (δ⊙δ)ᵀ(a⊙a); `delta_sq` is already summed over signals, which the
+    activations do not depend on."""
     fisher[layer.weight] += delta_sq.T @ (inputs * inputs)
     if layer.bias is not None:
         fisher[layer.bias] += delta_sq.sum(0)
 
 
-def _add_conv(
-    layer: nn.Conv2d, fisher: dict[Tensor, Tensor], inputs: Tensor, delta: Tensor
-) -> None:
-    """Per-sample weight gradients δ_n · unfold(a_n)ᵀ, one signal at a time, squared and summed."""
+def _unfold(layer: nn.Conv2d, inputs: Tensor) -> Tensor:
+    """The input patches each output position sees, transposed: [sample, positions, in·kh·kw]."""
     patches = F.unfold(inputs, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
-    for delta_s in delta:  # [sample, out_channels, H', W']
-        per_position = delta_s.flatten(2)
-        weight_grads = torch.bmm(per_position, patches.transpose(1, 2))
-        fisher[layer.weight] += (weight_grads * weight_grads).sum(0).view_as(layer.weight)
-        if layer.bias is not None:
-            bias_grads = per_position.sum(2)
-            fisher[layer.bias] += (bias_grads * bias_grads).sum(0)
+    return patches.transpose(1, 2)
+
+
+def _add_conv(
+    layer: nn.Conv2d, fisher: dict[Tensor, Tensor], patches: Tensor, delta: Tensor
+) -> None:
+    """Per-sample weight gradients δ_n · patches_n for one signal, squared and summed."""
+    per_position = delta.flatten(2)  # [sample, out_channels, positions]
+    weight_grads = torch.bmm(per_position, patches)
+    fisher[layer.weight] += (weight_grads * weight_grads).sum(0).view_as(layer.weight)
+    if layer.bias is not None:
+        bias_grads = per_position.sum(2)
+        fisher[layer.bias] += (bias_grads * bias_grads).sum(0)
 
 
 def _add_torch_func(

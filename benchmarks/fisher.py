@@ -1,0 +1,113 @@
+"""Time to estimate the Fisher, per estimator, against one plain forward+backward pass.
+
+    uv run python benchmarks/fisher.py [--samples 60000] [--repeats 3]
+
+For each model: the floor (one batched forward+backward pass of the mean loss over
+the same samples, the cost of an epoch without optimizer steps), every estimator,
+and the one-backward-pass-per-sample loop that per-sample Fishers are often computed
+with (timed on --loop-samples and scaled to --samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from common import machine, median_seconds, mnist_like, table
+
+from ewcexp.fisher import ESTIMATORS, estimate_fisher
+from ewcexp.model import CNN, MLP
+
+MODELS = {
+    "MLP 784-400-400-10": lambda: MLP((28, 28), 10, [400, 400]),
+    "MLP 784-1000-1000-10": lambda: MLP((28, 28), 10, [1000, 1000]),
+    "CNN conv32-conv64-fc128": lambda: CNN((28, 28), 10, [32, 64], 128),
+}
+BATCH = 256
+
+
+def forward_backward_pass(model, images, labels):
+    """The floor: batched mean-loss gradients over all samples, as one training epoch computes."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    for start in range(0, len(images), BATCH):
+        loss = F.cross_entropy(model(images[start : start + BATCH]), labels[start : start + BATCH])
+        torch.autograd.grad(loss, params)
+
+
+def per_sample_loop(model, images, labels):
+    """The common slow way: one backward pass per sample (empirical Fisher)."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for n in range(len(images)):
+        loss = F.cross_entropy(model(images[n : n + 1]), labels[n : n + 1])
+        grads = torch.autograd.grad(loss, params)
+        torch._foreach_addcmul_(total, grads, grads)
+    return total
+
+
+def measure(model, images, labels, repeats: int, loop_samples: int) -> list[list[str]]:
+    """Rows of the table for one model: floor, each estimator, the per-sample loop."""
+    samples = len(images)
+    floor = median_seconds(lambda: forward_backward_pass(model, images, labels), repeats)
+    loop_images, loop_labels = images[:loop_samples], labels[:loop_samples]
+    loop = median_seconds(lambda: per_sample_loop(model, loop_images, loop_labels), 1)
+    loop *= samples / loop_samples
+    rows = [["one batched fwd+bwd (floor)", f"{floor:.2f}", "1.00", f"{loop / floor:.1f}"]]
+    for estimator in ESTIMATORS:
+        seconds = median_seconds(
+            lambda e=estimator: estimate_fisher(
+                model,
+                images,
+                labels,
+                estimator=e,
+                active=slice(0, 10),
+                batch_size=BATCH,
+                generator=torch.Generator().manual_seed(0),
+            ),
+            repeats,
+        )
+        rows.append(
+            [estimator, f"{seconds:.2f}", f"{seconds / floor:.2f}", f"{loop / seconds:.1f}"]
+        )
+    rows.append(
+        [
+            f"one backward per sample (timed on {loop_samples}, scaled)",
+            f"{loop:.1f}",
+            f"{loop / floor:.1f}",
+            "1.0",
+        ]
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=60_000)
+    parser.add_argument(
+        "--cnn-samples",
+        type=int,
+        default=10_000,
+        help="for the CNN (slow on a CPU); the ratios are per sample, not per count",
+    )
+    parser.add_argument("--loop-samples", type=int, default=1_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    images, labels = mnist_like(max(args.samples, args.cnn_samples))
+    print(f"Median of {args.repeats}; {machine()}\n")
+    for name in args.models:
+        samples = args.cnn_samples if name.startswith("CNN") else args.samples
+        rows = measure(
+            MODELS[name](), images[:samples], labels[:samples], args.repeats, args.loop_samples
+        )
+        print(f"### {name}, {samples} samples\n")
+        print(table(["method", "seconds", "× floor", "× faster than per-sample loop"], rows))
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
