@@ -16,14 +16,25 @@ from ewcexp.cli import unknown_group_choice
 def main(cfg: DictConfig) -> float:
     """One experiment; returns the final average accuracy, the objective of sweepers."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from ewcexp.config import ConfigError, check_config
     from ewcexp.data import DataUnavailable
     from ewcexp.runner import run_experiment
 
+    hydra = HydraConfig.get()
+    multirun = hydra.mode == RunMode.MULTIRUN
     try:
         check_config(cfg)
-        results = run_experiment(cfg, Path(HydraConfig.get().runtime.output_dir))
+        results = run_experiment(
+            cfg,
+            Path(hydra.runtime.output_dir),
+            # a multirun's jobs share a logger group named after the sweep, each named by its overrides
+            run_group="multirun-" + "-".join(Path(hydra.sweep.dir).parts[-2:])
+            if multirun
+            else None,
+            run_name=hydra.job.override_dirname or None,
+        )
     except (ConfigError, DataUnavailable) as error:
         sys.exit(f"error: {error}")
     return results["avg_acc"]

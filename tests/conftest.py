@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -61,6 +62,7 @@ TINY = [
     "model.hidden_sizes=[32]",
     "task_sequence.num_tasks=3",
     "data.download=false",
+    "logger=none",
 ]
 
 
@@ -79,3 +81,34 @@ def run_cli(
     if data_root is not None:
         args.append(f"data.root={data_root}")
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(autouse=True)
+def wandb_files_in_tmp(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """wandb also writes under ~/.cache, ~/.config and ~/.local/share: keep tests out of them."""
+    home = tmp_path_factory.getbasetemp() / "wandb-home"
+    for variable, folder in (
+        ("WANDB_CACHE_DIR", "cache"),
+        ("WANDB_DATA_DIR", "data"),
+        ("WANDB_CONFIG_DIR", "config"),
+    ):
+        monkeypatch.setenv(variable, str(home / folder))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+
+
+def read_wandb_run(job_dir: Path) -> list[dict]:
+    """Every record of the one offline W&B run under `job_dir`, read from its .wandb file
+    without a server (`wandb leet inspect --json`)."""
+    (run_dir,) = (job_dir / "wandb").glob("offline-run-*")
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    done = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

@@ -8,6 +8,8 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ewcexp import plots
 from ewcexp.data import load_images
 from ewcexp.device import resolve_device
 from ewcexp.fisher import estimate_fisher
+from ewcexp.logger import NoLogger, fisher_histogram, fisher_statistics
 from ewcexp.metrics import average_accuracy, backward_transfer, forgetting
 from ewcexp.strategy import Finetune
 from ewcexp.task_sequence import Scenario, Task, TaskSequence
@@ -28,68 +32,125 @@ from ewcexp.task_sequence import Scenario, Task, TaskSequence
 log = logging.getLogger(__name__)
 
 
-def run_experiment(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Train `cfg.task_sequence` with `cfg.strategy`; write `results.json` to `output_dir`."""
+def run_experiment(
+    cfg: DictConfig, output_dir: Path, run_group: str | None = None, run_name: str | None = None
+) -> dict[str, Any]:
+    """Train `cfg.task_sequence` with `cfg.strategy`; write `results.json` and figures to
+    `output_dir`; send metrics to `cfg.logger` (`run_group`/`run_name`: defaults for it)."""
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device.type)
     images = load_images(cfg.task_sequence.dataset, **cfg.data)
     sequence: TaskSequence = instantiate(cfg.task_sequence, images=images)
-    scenario, tasks = sequence.scenario, sequence.tasks
     model: nn.Module = instantiate(
-        cfg.model, input_shape=sequence.input_shape, out_features=scenario.output_size
+        cfg.model, input_shape=sequence.input_shape, out_features=sequence.scenario.output_size
     ).to(device)
     strategy: Finetune = instantiate(cfg.strategy)
-    params = [p for p in model.parameters() if p.requires_grad]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger: NoLogger = instantiate(cfg.logger)
+    logger.start(config, output_dir, group=run_group, name=run_name)
+    failed = True
+    try:
+        record = learn_sequence(cfg, sequence, model, strategy, logger, device)
+        results = summarize(record, cfg, sequence, strategy, config, started)
+        figures = save_figures(results, record.fisher_histograms, output_dir)
+        write_json_atomically(output_dir / "results.json", results)
+        logger.log_summary(results, figures)
+        failed = False
+    finally:
+        logger.finish(failed)
+    print(format_report(results))
+    return results
+
+
+@dataclass
+class Record:
+    """What learning the sequence leaves behind, besides the trained model."""
+
+    acc: Tensor  # R[i][j]
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    fisher_stats: list[dict[str, Any]] = field(default_factory=list)
+    fisher_histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - start
+
+
+PHASES = ("train", "fisher", "eval")
+
+
+def learn_sequence(
+    cfg: DictConfig,
+    sequence: TaskSequence,
+    model: nn.Module,
+    strategy: Finetune,
+    logger: NoLogger,
+    device: torch.device,
+) -> Record:
+    """The core loop: for each task, train, consolidate, evaluate every task."""
+    scenario, tasks = sequence.scenario, sequence.tasks
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in named], [p for _, p in named]
     batch_rng = torch.Generator().manual_seed(cfg.seed)
     fisher_rng = torch.Generator(device).manual_seed(cfg.seed)
-    acc = torch.zeros(len(tasks), len(tasks))
-    seconds = {"train": 0.0, "fisher": 0.0, "eval": 0.0}
-
+    record = Record(acc=torch.zeros(len(tasks), len(tasks)))
+    step = 0
     for t, task in enumerate(tasks):
-        clock = time.perf_counter()
-        data = training_set(
-            strategy.training_tasks(tasks[: t + 1]), scenario, seen=t, device=device
-        )
-        steps = cfg.train.iterations or cfg.train.epochs * math.ceil(
-            task.train_size / cfg.train.batch_size
-        )
-        optimizer = instantiate(cfg.optimizer)(params)  # fresh optimizer state for each task
-        loss = train(
-            model,
-            optimizer,
-            strategy,
-            params,
-            data,
-            steps,
-            cfg.train.batch_size,
-            batch_rng,
-            f"task {t + 1}/{len(tasks)} [{strategy.name}]",
-        )
-        seconds["train"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        fisher = None
-        if strategy.needs_fisher:
-            images, labels = fisher_samples(task, scenario, cfg.fisher.num_samples, fisher_rng)
-            fisher = estimate_fisher(
-                model,
-                images.to(device),
-                labels.to(device),
-                estimator=cfg.fisher.estimator,
-                active=scenario.active(t, seen=t),
-                batch_size=cfg.fisher.batch_size,
-                generator=fisher_rng,
+        with record.timing("train"):
+            data = training_set(strategy.training_tasks(tasks[: t + 1]), scenario, t, device)
+            steps = cfg.train.iterations or cfg.train.epochs * math.ceil(
+                task.train_size / cfg.train.batch_size
             )
-        strategy.consolidate(params, fisher)
-        seconds["fisher"] += time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        for j, other in enumerate(tasks):
-            acc[t, j] = accuracy(
-                model, other, scenario, seen=t, device=device, batch_size=cfg.train.eval_batch_size
+            optimizer = instantiate(cfg.optimizer)(params)  # fresh optimizer state per task
+            loop = TrainingLoop(model, optimizer, strategy, params, logger, cfg.train.log_every)
+            step, loss = loop.run(
+                data,
+                steps,
+                cfg.train.batch_size,
+                batch_rng,
+                t,
+                step,
+                f"task {t + 1}/{len(tasks)} [{strategy.name}]",
             )
-        seconds["eval"] += time.perf_counter() - clock
+
+        with record.timing("fisher"):
+            fisher = None
+            if strategy.needs_fisher:
+                images, labels = fisher_samples(task, scenario, cfg.fisher.num_samples, fisher_rng)
+                fisher = estimate_fisher(
+                    model,
+                    images.to(device),
+                    labels.to(device),
+                    estimator=cfg.fisher.estimator,
+                    active=scenario.active(t, seen=t),
+                    batch_size=cfg.fisher.batch_size,
+                    generator=fisher_rng,
+                )
+            strategy.consolidate(params, fisher)
+        if fisher is not None:
+            accumulated = strategy.accumulated_fisher()
+            record_fisher(
+                record,
+                logger,
+                t,
+                dict(zip(names, fisher, strict=True)),
+                dict(zip(names, accumulated, strict=True)) if accumulated else None,
+            )
+
+        with record.timing("eval"):
+            for j, other in enumerate(tasks):
+                record.acc[t, j] = accuracy(
+                    model,
+                    other,
+                    scenario,
+                    seen=t,
+                    device=device,
+                    batch_size=cfg.train.eval_batch_size,
+                )
+        logger.log_task(t, task_metrics(record.acc, t))
         log.info(
             "task %d/%d (%s): %d steps, loss %.3f, penalty %.4g, avg acc so far %.4f",
             t + 1,
@@ -98,30 +159,100 @@ def run_experiment(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             steps,
             loss,
             strategy.penalty_value(params),
-            average_accuracy(acc, t),
+            average_accuracy(record.acc, t),
         )
+    return record
 
-    last = len(tasks) - 1
-    results = {
+
+def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
+    """The metrics logged after task `after` (0-based): the row R[after][·] as acc/task_1..T,
+    and the averages, BWT and forgetting so far."""
+    row = {f"acc/task_{j + 1}": float(a) for j, a in enumerate(acc[after])}
+    return {
+        **row,
+        "acc/avg_seen": average_accuracy(acc, after),
+        "acc/avg_all": float(acc[after].mean()),
+        "bwt": backward_transfer(acc, after),
+        "forgetting": forgetting(acc, after),
+    }
+
+
+def record_fisher(
+    record: Record,
+    logger: NoLogger,
+    task: int,
+    fisher: dict[str, Tensor],
+    accumulated: dict[str, Tensor] | None,
+) -> None:
+    """Statistics to results.json, histograms to the figures, everything to the logger."""
+    record.fisher_stats.append(
+        {
+            "task": task + 1,
+            "per_parameter": {n: fisher_statistics(f) for n, f in fisher.items()},
+            "accumulated": {n: fisher_statistics(f) for n, f in accumulated.items()}
+            if accumulated
+            else None,
+        }
+    )
+    record.fisher_histograms[f"fisher_task{task + 1}"] = {
+        n: fisher_histogram(f) for n, f in fisher.items()
+    }
+    if accumulated:
+        record.fisher_histograms[f"fisher_accumulated_task{task + 1}"] = {
+            n: fisher_histogram(f) for n, f in accumulated.items()
+        }
+    logger.log_fisher(task, fisher, accumulated)
+
+
+def summarize(
+    record: Record,
+    cfg: DictConfig,
+    sequence: TaskSequence,
+    strategy: Finetune,
+    config: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
+    """The contents of results.json."""
+    acc, last = record.acc, len(record.acc) - 1
+    return {
         "strategy": strategy.name,
         "lambda": cfg["lambda"],
         "seed": cfg.seed,
-        "scenario": scenario.kind,
+        "scenario": sequence.scenario.kind,
         "fisher_estimator": cfg.fisher.estimator if strategy.needs_fisher else None,
-        "task_names": [task.name for task in tasks],
+        "task_names": [task.name for task in sequence.tasks],
         "acc_matrix": acc.tolist(),
         "avg_acc": average_accuracy(acc, last),
-        "avg_acc_seen": [average_accuracy(acc, i) for i in range(len(tasks))],
+        "avg_acc_seen": [average_accuracy(acc, i) for i in range(len(acc))],
         "bwt": backward_transfer(acc, last),
         "forgetting": forgetting(acc, last),
         "data_source": sequence.source,
         "wall_time_s": time.perf_counter() - started,
-        "phase_time_s": seconds,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "phase_time_s": record.seconds,
+        "fisher": record.fisher_stats,
+        "config": config,
     }
-    write_json_atomically(output_dir / "results.json", results)
-    print(format_report(results))
-    return results
+
+
+def save_figures(
+    results: dict[str, Any], fisher_histograms: dict[str, dict[str, tuple]], output_dir: Path
+) -> dict[str, Path]:
+    """The run's PNGs: accuracy matrix, accuracy curves, a Fisher histogram per consolidation."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{results['strategy']}, λ={results['lambda']}, {results['scenario']}-incremental"
+    figures = {
+        "accuracy_matrix": plots.accuracy_heatmap(
+            results["acc_matrix"], title, output_dir / "accuracy_matrix.png"
+        ),
+        "accuracy_curves": plots.accuracy_curves(
+            results["acc_matrix"], title, output_dir / "accuracy_curves.png"
+        ),
+    }
+    for key, histograms in fisher_histograms.items():
+        figures[key] = plots.fisher_histograms(
+            histograms, f"{title}: {key.replace('_', ' ')}", output_dir / f"{key}.png"
+        )
+    return figures
 
 
 def training_set(
@@ -163,38 +294,66 @@ def active_cross_entropy(logits: Tensor, targets: Tensor, lo: Tensor, hi: Tensor
     return F.cross_entropy(logits.masked_fill(inactive, float("-inf")), targets)
 
 
-def train(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    strategy: Finetune,
-    params: list[Tensor],
-    data: tuple[Tensor, Tensor, Tensor, Tensor],
-    steps: int,
-    batch_size: int,
-    rng: torch.Generator,
-    description: str,
-    report_every: int = 50,
-) -> float:
-    """Minibatch training with the strategy's penalty gradient; returns the last reported loss."""
-    images, targets, lo, hi = data
-    model.train()
-    loss_value = float("nan")
-    # disable=None: a progress bar on a terminal, none in log files
-    with tqdm(
-        total=steps, desc=description, leave=False, dynamic_ncols=True, disable=None
-    ) as progress:
-        for step, batch in enumerate(batch_indices(len(targets), batch_size, steps, rng)):
-            batch = batch.to(images.device)
-            loss = active_cross_entropy(model(images[batch]), targets[batch], lo[batch], hi[batch])
-            optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            strategy.add_penalty_gradient(params)
-            optimizer.step()
-            if step % report_every == 0 or step == steps - 1:
-                loss_value = loss.item()
-                progress.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
-            progress.update()
-    return loss_value
+@dataclass
+class TrainingLoop:
+    """Minibatch steps with the strategy's penalty gradient, reporting every `log_every` steps."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    strategy: Finetune
+    params: list[Tensor]
+    logger: NoLogger
+    log_every: int
+
+    def run(
+        self,
+        data: tuple[Tensor, Tensor, Tensor, Tensor],
+        steps: int,
+        batch_size: int,
+        rng: torch.Generator,
+        task: int,
+        first_step: int,
+        description: str,
+    ) -> tuple[int, float]:
+        """Train `steps` minibatches; returns the global step count and the last loss reported."""
+        images, targets, lo, hi = data
+        self.model.train()
+        loss_value, since, clock = float("nan"), 0, time.perf_counter()
+        # disable=None: a progress bar on a terminal, none in log files
+        with tqdm(
+            total=steps, desc=description, leave=False, dynamic_ncols=True, disable=None
+        ) as progress:
+            for step, batch in enumerate(batch_indices(len(targets), batch_size, steps, rng)):
+                batch = batch.to(images.device)
+                logits = self.model(images[batch])
+                loss = active_cross_entropy(logits, targets[batch], lo[batch], hi[batch])
+                self.optimizer.zero_grad(set_to_none=False)
+                loss.backward()
+                self.strategy.add_penalty_gradient(self.params)
+                self.optimizer.step()
+                since += len(batch)
+                if step % self.log_every == 0 or step == steps - 1:
+                    loss_value = loss.item()
+                    elapsed, clock = time.perf_counter() - clock, time.perf_counter()
+                    self.report(first_step + step, task, loss_value, since / elapsed)
+                    since = 0
+                    progress.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                progress.update()
+        return first_step + steps, loss_value
+
+    def report(self, step: int, task: int, loss: float, samples_per_s: float) -> None:
+        penalty = self.strategy.penalty_value(self.params)
+        self.logger.log_training(
+            {
+                "train/step": step,
+                "train/task": task + 1,
+                "train/loss": loss,
+                "train/penalty": penalty,
+                "train/penalty_share": penalty / (loss + penalty or 1.0),
+                "train/lr": self.optimizer.param_groups[0]["lr"],
+                "train/samples_per_s": samples_per_s,
+            }
+        )
 
 
 def fisher_samples(

@@ -103,6 +103,10 @@ class Finetune:
     def penalty_value(self, params: Tensors) -> float:
         return 0.0 if self.penalty is None else self.penalty.value(params)
 
+    def accumulated_fisher(self) -> Tensors | None:
+        """The Fisher merged over tasks, for strategies that keep one."""
+        return None
+
 
 class Joint(Finetune):
     """Train on every task seen so far together, no penalty: the upper bound."""
@@ -136,6 +140,9 @@ class EWCSum(EWC):
     def consolidate(self, params: Tensors, fisher: Tensors | None) -> None:
         self.penalty.merge(fisher, snapshot(params))
 
+    def accumulated_fisher(self) -> Tensors | None:
+        return self.penalty.terms[0][0] if self.penalty.terms else None
+
 
 class L2(EWCSum):
     """EWC with F = 1 for every parameter: plain distance to the past tasks' parameters."""
@@ -145,6 +152,9 @@ class L2(EWCSum):
 
     def consolidate(self, params: Tensors, fisher: Tensors | None) -> None:
         super().consolidate(params, [torch.ones_like(p) for p in params])
+
+    def accumulated_fisher(self) -> Tensors | None:
+        return None  # all ones: nothing to look at
 
 
 class OnlineEWC(EWC):
@@ -162,3 +172,6 @@ class OnlineEWC(EWC):
             running = torch._foreach_mul(self.penalty.terms[0][0], self.gamma)
             fisher = torch._foreach_add(running, fisher)
         self.penalty.replace(fisher, snapshot(params))
+
+    def accumulated_fisher(self) -> Tensors | None:
+        return self.penalty.terms[0][0] if self.penalty.terms else None

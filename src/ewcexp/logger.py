@@ -1,0 +1,163 @@
+"""The `logger` config group: where metrics go besides `results.json` and the run's PNGs.
+
+`NoLogger` (`logger=none`) drops them; `WandbLogger` (`logger=wandb`) sends them to
+Weights & Biases, offline by default, with `task` as the x-axis of per-task metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+FISHER_EPS = 1e-12  # histograms are of log10(F + eps): exact zeros land at -12
+HISTOGRAM_BINS = 64  # wandb.Histogram accepts at most 512
+SMALL_FISHER = 1e-8  # below this a parameter is, in effect, not protected
+
+
+class NoLogger:
+    """Logs nothing; the base of the other loggers."""
+
+    def start(
+        self, config: dict[str, Any], run_dir: Path, group: str | None, name: str | None
+    ) -> None:
+        """Open the run; `group` and `name` are the defaults a multirun suggests."""
+
+    def log_training(self, metrics: dict[str, float]) -> None:
+        """Every few steps: `train/step` and loss, penalty, learning rate, throughput."""
+
+    def log_fisher(
+        self, task: int, fisher: dict[str, Tensor], accumulated: dict[str, Tensor] | None
+    ) -> None:
+        """After consolidating `task` (0-based): its Fisher per parameter tensor, and the
+        running one of strategies that merge them."""
+
+    def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
+        """After evaluating everything once `task` (0-based) is learned."""
+
+    def log_summary(self, results: dict[str, Any], images: dict[str, Path]) -> None:
+        """At the end: final metrics, the accuracy matrix, and the run's PNG figures."""
+
+    def finish(self, failed: bool = False) -> None:
+        """Close the run; called whatever happened, errors and Ctrl-C included."""
+
+
+class WandbLogger(NoLogger):
+    """A W&B run in the Hydra job's directory. If W&B cannot start, the experiment goes on
+    without it (one warning line) and still writes its local results."""
+
+    def __init__(
+        self,
+        mode: str = "offline",
+        project: str = "ewcexp",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.settings = {
+            "mode": mode,
+            "project": project,
+            "entity": entity,
+            "group": group,
+            "tags": list(tags or []),
+            "name": name,
+        }
+        self.run = None
+
+    def start(
+        self, config: dict[str, Any], run_dir: Path, group: str | None, name: str | None
+    ) -> None:
+        import wandb  # only when W&B is on: importing it takes a second
+
+        settings = dict(self.settings)
+        settings["group"] = settings["group"] or group
+        settings["name"] = settings["name"] or name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run = wandb.init(config=config, dir=str(run_dir), **settings)
+        except Exception as error:  # no network, bad key, service down: keep training
+            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            log.warning("W&B did not start (%s); continuing without it", first_line)
+            return
+        self.run.define_metric("task")
+        for pattern in ("acc/*", "bwt", "forgetting", "fisher/*", "fisher_stats/*"):
+            self.run.define_metric(pattern, step_metric="task")
+        self.run.define_metric("train/*", step_metric="train/step")
+
+    def log_training(self, metrics: dict[str, float]) -> None:
+        if self.run is not None:
+            self.run.log(metrics)
+
+    def log_fisher(
+        self, task: int, fisher: dict[str, Tensor], accumulated: dict[str, Tensor] | None
+    ) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        entries: dict[str, Any] = {"task": task + 1}
+        for kind, tensors in (("task", fisher), ("accumulated", accumulated or {})):
+            for name, values in tensors.items():
+                counts, edges = fisher_histogram(values)
+                entries[f"fisher/{kind}/{name}"] = wandb.Histogram(np_histogram=(counts, edges))
+                for stat, value in fisher_statistics(values).items():
+                    entries[f"fisher_stats/{kind}/{name}/{stat}"] = value
+        self.run.log(entries)
+
+    def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
+        if self.run is not None:
+            self.run.log({"task": task + 1, **{k: v for k, v in metrics.items() if v is not None}})
+
+    def log_summary(self, results: dict[str, Any], images: dict[str, Path]) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        matrix = results["acc_matrix"]
+        columns = ["after task"] + [f"task_{j}" for j in range(len(matrix))]
+        table = wandb.Table(columns=columns, data=[[i + 1, *row] for i, row in enumerate(matrix)])
+        self.run.log(
+            {
+                "acc_matrix": table,
+                **{f"figures/{key}": wandb.Image(str(path)) for key, path in images.items()},
+            }
+        )
+        for key in (
+            "avg_acc",
+            "bwt",
+            "forgetting",
+            "wall_time_s",
+            "data_source",
+            "strategy",
+            "lambda",
+            "fisher_estimator",
+        ):
+            self.run.summary[key] = results[key]
+
+    def finish(self, failed: bool = False) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=1 if failed else 0)
+            self.run = None
+
+
+def fisher_histogram(values: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and bin edges of log10(F + eps)."""
+    logs = torch.log10(values.detach().flatten().double().cpu() + FISHER_EPS).numpy()
+    return np.histogram(logs, bins=HISTOGRAM_BINS)
+
+
+def fisher_statistics(values: Tensor) -> dict[str, float]:
+    """Mean, max, and the fraction of parameters whose Fisher is below SMALL_FISHER."""
+    flat = values.detach().flatten()
+    return {
+        "mean": float(flat.mean()),
+        "max": float(flat.max()),
+        f"fraction_below_{SMALL_FISHER:g}": float((flat < SMALL_FISHER).float().mean()),
+    }
