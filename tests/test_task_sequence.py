@@ -47,3 +47,17 @@ def test_scenarios_place_heads_and_active_units():
     assert domain.active(3, seen=4) == slice(0, 2) and domain.offset(3) == 0
     assert klass.active(1, seen=3) == slice(0, 8) and klass.offset(1) == 2
     assert klass.active(4, seen=1) == slice(0, 10)  # a future task: its own classes are included
+
+
+def test_active_cross_entropy_slices_or_masks_to_the_same_loss():
+    from ewcexp.runner import active_cross_entropy
+
+    logits, targets = torch.randn(6, 10), torch.tensor([4, 5, 4, 5, 5, 4])
+    lo, hi = torch.full((6,), 4), torch.full((6,), 6)
+    torch.testing.assert_close(
+        active_cross_entropy(logits, targets, 4, 6), active_cross_entropy(logits, targets, lo, hi)
+    )
+    torch.testing.assert_close(
+        active_cross_entropy(logits, targets, 4, 6),
+        torch.nn.functional.cross_entropy(logits[:, 4:6], targets - 4),
+    )

@@ -287,8 +287,13 @@ def batch_indices(size: int, batch_size: int, steps: int, rng: torch.Generator) 
             yield batch
 
 
-def active_cross_entropy(logits: Tensor, targets: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """Cross-entropy over each sample's active output units [lo, hi) only."""
+def active_cross_entropy(
+    logits: Tensor, targets: Tensor, lo: Tensor | int, hi: Tensor | int
+) -> Tensor:
+    """Cross-entropy over each sample's active output units [lo, hi) only; `targets` index the
+    whole output. With the same range for every sample (int bounds), a plain slice."""
+    if isinstance(lo, int) and isinstance(hi, int):
+        return F.cross_entropy(logits[:, lo:hi], targets - lo)
     units = torch.arange(logits.shape[1], device=logits.device)
     inactive = (units < lo[:, None]) | (units >= hi[:, None])
     return F.cross_entropy(logits.masked_fill(inactive, float("-inf")), targets)
@@ -317,6 +322,9 @@ class TrainingLoop:
     ) -> tuple[int, float]:
         """Train `steps` minibatches; returns the global step count and the last loss reported."""
         images, targets, lo, hi = data
+        shared = bool((lo == lo[0]).all() and (hi == hi[0]).all())  # all but task-incremental joint
+        if shared:
+            lo, hi = int(lo[0]), int(hi[0])
         self.model.train()
         loss_value, since, clock = float("nan"), 0, time.perf_counter()
         # disable=None: a progress bar on a terminal, none in log files
@@ -326,7 +334,11 @@ class TrainingLoop:
             for step, batch in enumerate(batch_indices(len(targets), batch_size, steps, rng)):
                 batch = batch.to(images.device)
                 logits = self.model(images[batch])
-                loss = active_cross_entropy(logits, targets[batch], lo[batch], hi[batch])
+                loss = (
+                    active_cross_entropy(logits, targets[batch], lo, hi)
+                    if shared
+                    else active_cross_entropy(logits, targets[batch], lo[batch], hi[batch])
+                )
                 self.optimizer.zero_grad(set_to_none=False)
                 loss.backward()
                 self.strategy.add_penalty_gradient(self.params)
