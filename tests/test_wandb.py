@@ -27,10 +27,12 @@ def summary(records: list[dict]) -> dict:
 
 
 @pytest.mark.slow
-def test_offline_run_holds_everything_results_json_holds(tmp_path, data_root):
-    done = run_cli("strategy=online_ewc", *WITH_WANDB, cwd=tmp_path, data_root=data_root)
+def test_offline_runs_of_a_multirun_hold_what_results_json_holds(tmp_path, data_root):
+    done = run_cli("-m", "strategy=online_ewc,l2", *WITH_WANDB, cwd=tmp_path, data_root=data_root)
     assert done.returncode == 0, done.stderr[-2000:]
-    job = tmp_path / "run"
+    jobs = sorted(p.parent for p in (tmp_path / "multirun").glob("*/results.json"))
+    assert_runs_are_separate_and_grouped(jobs)
+    job = jobs[0]  # online_ewc: it also logs the accumulated Fisher
     results = json.loads((job / "results.json").read_text())
     records = read_wandb_run(job)
     rows = history(records)
@@ -80,25 +82,17 @@ def test_offline_run_holds_everything_results_json_holds(tmp_path, data_root):
         assert (job / f"{png}.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
-def test_multirun_jobs_get_their_own_runs_in_one_group(tmp_path, data_root):
-    done = run_cli(
-        "-m",
-        "strategy=ewc,l2",
-        *WITH_WANDB,
-        "task_sequence.num_tasks=2",
-        cwd=tmp_path,
-        data_root=data_root,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    jobs = sorted(p.parent for p in (tmp_path / "multirun").glob("*/results.json"))
+def assert_runs_are_separate_and_grouped(jobs: list[Path]) -> None:
     runs = [next(r["run"] for r in read_wandb_run(job) if r["type"] == "run") for job in jobs]
     assert len(runs) == 2 and runs[0]["run_id"] != runs[1]["run_id"]
     targets = [run["config"].get("update", run["config"])["strategy"]["_target_"] for run in runs]
-    assert targets == ["ewcexp.strategy.EWC", "ewcexp.strategy.L2"]
+    assert targets == ["ewcexp.strategy.OnlineEWC", "ewcexp.strategy.L2"]
     assert runs[0]["run_group"] == runs[1]["run_group"]
     assert runs[0]["run_group"].startswith("multirun-")
-    assert "strategy=ewc," in runs[0]["display_name"] and "strategy=l2," in runs[1]["display_name"]
+    assert (
+        "strategy=online_ewc" in runs[0]["display_name"]
+        and "strategy=l2" in runs[1]["display_name"]
+    )
 
 
 def compose_logger(*overrides: str):
@@ -113,6 +107,7 @@ def test_wandb_mode_default_environment_and_command_line(monkeypatch):
     assert compose_logger("logger.mode=online").mode == "online"
 
 
+@pytest.mark.slow
 def test_run_goes_on_when_wandb_cannot_start(tmp_path, data_root, monkeypatch, caplog):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key

@@ -48,12 +48,14 @@ def collect(root: Path) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    def cell(value: Any) -> str:
+    def cell(column: str, value: Any) -> str:
         if value is None:
             return "-"
-        return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1.5 else f"{value:g}"
+        if column in ("avg_acc", "bwt", "forgetting"):
+            return f"{value:.4f}"
+        return value if column == "strategy" else f"{value:g}"
 
-    body = [[cell(row[c]) if c != "strategy" else row[c] for c in COLUMNS] for row in rows]
+    body = [[cell(c, row[c]) for c in COLUMNS] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(COLUMNS)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in body]

@@ -116,6 +116,7 @@ def learn_sequence(
                 f"task {t + 1}/{len(tasks)} [{strategy.name}]",
             )
 
+        penalty = strategy.penalty_value(params)  # at the end of training, before consolidating
         with record.timing("fisher"):
             fisher = None
             if strategy.needs_fisher:
@@ -158,7 +159,7 @@ def learn_sequence(
             task.name,
             steps,
             loss,
-            strategy.penalty_value(params),
+            penalty,
             average_accuracy(record.acc, t),
         )
     return record

@@ -1,0 +1,150 @@
+"""λ searches: W&B sweep files through the open-source sweep engine, Hydra multirun with the
+report command, and the Optuna sweeper preset."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from ewcexp import report
+from ewcexp.config import check_config
+from tests.conftest import REPO, TINY, read_wandb_run, run_cli
+
+SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+def agent_command(sweep: dict, proposal: dict) -> list[str]:
+    """The command `wandb agent` runs for a proposal, macros expanded by W&B's own code."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    macros = create_sweep_command_args({"args": proposal})
+    values = {
+        "${env}": ["/usr/bin/env"],
+        "${interpreter}": [sys.executable],
+        "${program}": [str(REPO / sweep["program"])],
+        "${args_no_hyphens}": macros["args_no_hyphens"],
+    }
+    return [
+        part for item in create_sweep_command(sweep["command"]) for part in values.get(item, [item])
+    ]
+
+
+def test_there_are_grid_and_bayesian_sweeps():
+    methods = {yaml.safe_load(path.read_text())["method"] for path in SWEEP_FILES}
+    assert methods == {"grid", "bayes"}
+
+
+def proposals(sweep: dict, count: int) -> list[dict]:
+    """The sweep engine's first proposals, each run reported finished before the next."""
+    import sweeps
+
+    finished = []
+    for index in range(count):
+        proposal = sweeps.next_run(sweep, finished).config
+        finished.append(
+            sweeps.SweepRun(
+                name=f"run{index}",
+                config=proposal,
+                state=sweeps.RunState.finished,
+                summary_metrics={"avg_acc": 0.5 + index / 10},
+            )
+        )
+    return [run.config for run in finished]
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)
+def test_sweep_validates_and_its_proposals_make_valid_configs(path):
+    import sweeps
+
+    sweep = yaml.safe_load(path.read_text())
+    assert sweeps.schema_violations_from_proposed_config(sweep) == []
+    assert sweep["metric"] == {"name": "avg_acc", "goal": "maximize"}
+    for proposal in proposals(sweep, 2):
+        assert 1 <= proposal["lambda"]["value"] <= 10_000
+        overrides = agent_command(sweep, proposal)[3:]
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            check_config(compose(config_name="config", overrides=overrides))
+
+
+@pytest.mark.slow
+def test_grid_sweep_command_runs_run_py(tmp_path, data_root):
+    sweep = yaml.safe_load((REPO / "sweeps" / "lambda_grid.yaml").read_text())
+    proposal = proposals(sweep, 2)[-1]
+    command = agent_command(sweep, proposal)
+    assert command[:3] == ["/usr/bin/env", sys.executable, str(REPO / "run.py")]
+    assert "logger.mode=online" in command  # agents report to the W&B server...
+    command[command.index("logger.mode=online")] = "logger.mode=disabled"  # ...which tests lack
+    done = run_cli(
+        *command[3:], *[o for o in TINY if o != "logger=none"], cwd=tmp_path, data_root=data_root
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["lambda"] == proposal["lambda"]["value"]
+    assert results["strategy"] == proposal["strategy"]["value"] == "ewc_sum"
+
+
+@pytest.mark.slow
+def test_multirun_lambda_sweep_and_its_report(tmp_path, data_root, capsys):
+    done = run_cli(
+        "-m",
+        "strategy=ewc,finetune",
+        "lambda=1,100",
+        *TINY,
+        "task_sequence.num_tasks=2",
+        cwd=tmp_path,
+        data_root=data_root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep_dir = tmp_path / "multirun"
+    assert len(list(sweep_dir.glob("*/results.json"))) == 4
+
+    assert report.main([str(sweep_dir), "--wandb", "offline"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ["strategy", "lambda", "runs", "avg_acc", "bwt", "forgetting"]
+    rows = [line.split() for line in printed[1:4]]
+    assert [row[:3] for row in rows] == [
+        ["ewc", "1", "1"],
+        ["ewc", "100", "1"],
+        ["finetune", "-", "2"],
+    ]
+    ewc_1 = json.loads(
+        next(
+            p
+            for p in sweep_dir.glob("*/results.json")
+            if '"lambda": 1,' in p.read_text() and '"strategy": "ewc"' in p.read_text()
+        ).read_text()
+    )
+    assert float(rows[0][3]) == pytest.approx(ewc_1["avg_acc"], abs=1e-4)
+    assert (sweep_dir / "lambda_sweep.png").stat().st_size > 1000
+    assert (sweep_dir / "lambda_sweep.csv").read_text().startswith("strategy,lambda,runs,avg_acc")
+    summary = [r for r in read_wandb_run(sweep_dir) if r["type"] == "history"]
+    logged = {key for r in summary for key in r["history"]["item"]}
+    assert {"lambda_sweep._type", "lambda_sweep_plot._type"} <= logged
+
+
+def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: directory={tmp_path} holds no results.json")
+
+
+@pytest.mark.slow
+def test_optuna_preset_searches_lambda_and_returns_the_best_accuracy(tmp_path, data_root):
+    done = run_cli(
+        "hparams_search=online_ewc_optuna",
+        "hydra.sweeper.n_trials=3",
+        *TINY,
+        "task_sequence.num_tasks=2",
+        cwd=tmp_path,
+        data_root=data_root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "multirun").glob("*/results.json")]
+    assert len(jobs) == 3 and {job["strategy"] for job in jobs} == {"online_ewc"}
+    assert len({job["lambda"] for job in jobs}) == 3
+    best = yaml.safe_load((tmp_path / "multirun" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(job["avg_acc"] for job in jobs))
+    assert set(best["best_params"]) == {"lambda", "strategy.gamma"}
