@@ -10,10 +10,12 @@ Also the memory of the state each strategy keeps (Fishers and anchors).
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
-from common import machine, median_seconds, mnist_like, table
+from common import machine, mnist_like, table
 
 from ewcexp.model import MLP
 from ewcexp.strategy import EWC, L2, EWCSum, Finetune, OnlineEWC
@@ -36,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, nargs="*", default=[2, 5, 10, 20])
     parser.add_argument("--steps", type=int, default=100, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9, help="alternating pairs of blocks")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = MLP((28, 28), 10, [400, 400])
@@ -46,18 +48,27 @@ def main() -> None:
     images, labels = mnist_like(128 * args.steps)
     batches = list(zip(images.split(128), labels.split(128), strict=True))
 
-    def block(strategy: Finetune) -> None:
+    def block_ms(strategy: Finetune) -> float:
+        start = time.perf_counter()
         for x, y in batches:
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             strategy.add_penalty_gradient(params)
             optimizer.step()
+        return (time.perf_counter() - start) / args.steps * 1e3
 
-    def step_ms(strategy: Finetune) -> float:
-        return 1e3 * median_seconds(lambda: block(strategy), args.repeats) / args.steps
+    def paired(strategy: Finetune) -> tuple[float, float, float]:
+        """Median step times of `strategy` and of fine-tuning, timed in alternating blocks,
+        and the median of the per-pair ratios (the machine's drift cancels within a pair)."""
+        block_ms(strategy)  # warm-up
+        pairs = [(block_ms(strategy), block_ms(Finetune())) for _ in range(args.repeats)]
+        return (
+            statistics.median(p[0] for p in pairs),
+            statistics.median(p[1] for p in pairs),
+            statistics.median(p[0] / p[1] for p in pairs),
+        )
 
-    finetune = [step_ms(Finetune())]
     rows = []
     for tasks in args.tasks:
         for name, cls in STRATEGIES.items():
@@ -67,9 +78,7 @@ def main() -> None:
                     [p.detach() + 0.01 * torch.randn_like(p) for p in params],
                     [torch.rand_like(p) for p in params],
                 )
-            ms = step_ms(strategy)
-            finetune.append(step_ms(Finetune()))  # re-measured side by side, against drift
-            base = finetune[-1]
+            ms, base, ratio = paired(strategy)
             memory = stored_bytes(strategy)
             rows.append(
                 [
@@ -77,14 +86,15 @@ def main() -> None:
                     tasks,
                     f"{ms:.2f}",
                     f"{base:.2f}",
-                    f"{ms / base:.3f}",
+                    f"{ratio:.3f}",
                     f"{memory / 2**20:.1f}",
                     f"{memory / parameter_bytes:.0f}",
                 ]
             )
     print(
         f"Training step, MLP 784-400-400-10 ({parameter_bytes / 2**20:.1f} MiB of parameters), "
-        f"batch 128; median of {args.repeats} x {args.steps} steps; {machine()}\n"
+        f"batch 128; medians over {args.repeats} alternating pairs of {args.steps}-step blocks; "
+        f"{machine()}\n"
     )
     print(
         table(
@@ -93,7 +103,7 @@ def main() -> None:
                 "tasks",
                 "step ms",
                 "finetune ms",
-                "× finetune",
+                "× finetune (median of pairs)",
                 "state MiB",
                 "parameter-sized buffers",
             ],

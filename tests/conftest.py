@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +55,12 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_dataset(root, "MNIST")
     write_dataset(root, "FashionMNIST")
     return root
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config `python run.py <overrides>` would run with (Hydra's compose API)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 # Overrides that make any run tiny: a few steps per task, a small network.

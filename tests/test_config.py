@@ -5,19 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from ewcexp.cli import unknown_group_choice
 from ewcexp.config import ConfigError, check_config
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, compose_config, run_cli
 
 CONF = REPO / "conf"
 GROUPS = ["task_sequence", "model", "strategy", "optimizer", "device"]
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
 
 
 @pytest.mark.parametrize(
@@ -25,18 +19,18 @@ def composed(*overrides: str):
     [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
 )
 def test_every_group_option_composes_and_validates(override):
-    cfg = composed(override)
+    cfg = compose_config(override)
     if override == "device=cuda":
         pytest.skip("cuda is checked against this machine below")
     check_config(cfg)
 
 
 def test_default_config_has_the_documented_keys():
-    cfg = composed()
+    cfg = compose_config()
     assert cfg["lambda"] == 400 and cfg.seed == 0
     assert cfg.fisher.estimator == "exact" and cfg.fisher.num_samples == -1
     assert cfg.strategy.strength == 400  # follows the top-level lambda
-    assert composed("lambda=10", "strategy=online_ewc").strategy.strength == 10
+    assert compose_config("lambda=10", "strategy=online_ewc").strategy.strength == 10
 
 
 BAD = {
@@ -57,7 +51,7 @@ BAD = {
 def test_bad_values_name_key_value_and_what_is_allowed(override):
     extra = ["strategy=online_ewc"] if override.startswith("strategy.") else []
     with pytest.raises(ConfigError) as error:
-        check_config(composed(*extra, override))
+        check_config(compose_config(*extra, override))
     assert str(error.value).startswith(BAD[override])
     assert "\n" not in str(error.value)
 
@@ -68,9 +62,9 @@ def test_split_sequence_with_more_tasks_than_classes_allow():
         match=r"task_sequence.num_tasks=6 is not allowed: mnist has 10 "
         r"classes, so with classes_per_task=2 at most 5 tasks",
     ):
-        check_config(composed("task_sequence=split_mnist", "task_sequence.num_tasks=6"))
+        check_config(compose_config("task_sequence=split_mnist", "task_sequence.num_tasks=6"))
     check_config(
-        composed(
+        compose_config(
             "task_sequence=split_mnist",
             "task_sequence.num_tasks=10",
             "task_sequence.classes_per_task=1",
@@ -81,7 +75,9 @@ def test_split_sequence_with_more_tasks_than_classes_allow():
 def test_class_order_must_be_a_permutation():
     with pytest.raises(ConfigError, match=r"class_order=\[0, 0, 1"):
         check_config(
-            composed("task_sequence=split_mnist", "task_sequence.class_order=[0,0,1,2,3,4,5,6,7,8]")
+            compose_config(
+                "task_sequence=split_mnist", "task_sequence.class_order=[0,0,1,2,3,4,5,6,7,8]"
+            )
         )
 
 
@@ -91,7 +87,7 @@ def test_cuda_is_refused_where_there_is_none():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="device=cuda is not allowed: CUDA is not available"):
-        check_config(composed("device=cuda"))
+        check_config(compose_config("device=cuda"))
 
 
 def test_unknown_group_option_is_caught_before_hydra():

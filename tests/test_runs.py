@@ -8,19 +8,17 @@ import logging
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 import ewcexp.data
 from ewcexp.config import check_config
 from ewcexp.runner import run_experiment
-from tests.conftest import REPO, TINY, run_cli, synthetic_images, write_idx
+from tests.conftest import TINY, compose_config, run_cli, synthetic_images, write_idx
 
 STRATEGIES = ["finetune", "l2", "ewc", "ewc_sum", "online_ewc", "joint"]
 
 
 def experiment(tmp_path: Path, data_root: Path, *overrides: str, base: list[str] = TINY) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*base, f"data.root={data_root}", *overrides])
+    cfg = compose_config(*base, f"data.root={data_root}", *overrides)
     check_config(cfg)
     return run_experiment(cfg, tmp_path)
 

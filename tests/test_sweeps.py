@@ -8,11 +8,10 @@ import sys
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
 from ewcexp import report
 from ewcexp.config import check_config
-from tests.conftest import REPO, TINY, read_wandb_run, run_cli
+from tests.conftest import REPO, TINY, compose_config, read_wandb_run, run_cli
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))
 
@@ -66,8 +65,7 @@ def test_sweep_validates_and_its_proposals_make_valid_configs(path):
     for proposal in proposals(sweep, 2):
         assert 1 <= proposal["lambda"]["value"] <= 10_000
         overrides = agent_command(sweep, proposal)[3:]
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            check_config(compose(config_name="config", overrides=overrides))
+        check_config(compose_config(*overrides))
 
 
 @pytest.mark.slow

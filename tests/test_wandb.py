@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from ewcexp.runner import run_experiment
-from tests.conftest import REPO, TINY, read_wandb_run, run_cli
+from tests.conftest import TINY, compose_config, read_wandb_run, run_cli
 
 WITH_WANDB = [o for o in TINY if o != "logger=none"]
 
@@ -43,6 +42,9 @@ def test_offline_runs_of_a_multirun_hold_what_results_json_holds(tmp_path, data_
         logged = [row[f"acc/task_{j + 1}"] for j in range(3)]
         assert logged == pytest.approx(results["acc_matrix"][t - 1])
         assert row["acc/avg_seen"] == pytest.approx(results["avg_acc_seen"][t - 1])
+        assert {k: row[k] for k in results["per_task"][t - 1] if k in row} == pytest.approx(
+            {k: v for k, v in results["per_task"][t - 1].items() if v is not None}
+        )
     assert per_task[3]["bwt"] == pytest.approx(results["bwt"])
     assert per_task[3]["forgetting"] == pytest.approx(results["forgetting"])
 
@@ -96,8 +98,7 @@ def assert_runs_are_separate_and_grouped(jobs: list[Path]) -> None:
 
 
 def compose_logger(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides)).logger
+    return compose_config(*overrides).logger
 
 
 def test_wandb_mode_default_environment_and_command_line(monkeypatch):
@@ -111,16 +112,12 @@ def test_wandb_mode_default_environment_and_command_line(monkeypatch):
 def test_run_goes_on_when_wandb_cannot_start(tmp_path, data_root, monkeypatch, caplog):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a key
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                *WITH_WANDB,
-                f"data.root={data_root}",
-                "logger.mode=online",
-                "task_sequence.num_tasks=2",
-            ],
-        )
+    cfg = compose_config(
+        *WITH_WANDB,
+        f"data.root={data_root}",
+        "logger.mode=online",
+        "task_sequence.num_tasks=2",
+    )
     results = run_experiment(cfg, tmp_path)
     assert "W&B did not start" in caplog.text
     assert (tmp_path / "results.json").exists() and results["avg_acc"] > 0
@@ -152,15 +149,11 @@ class RecordingLogger:
 
 def test_logger_is_finished_on_ctrl_c_and_no_results_are_written(tmp_path, data_root):
     RecordingLogger.calls = []
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                *TINY,
-                f"data.root={data_root}",
-                "logger._target_=tests.test_wandb.RecordingLogger",
-            ],
-        )
+    cfg = compose_config(
+        *TINY,
+        f"data.root={data_root}",
+        "logger._target_=tests.test_wandb.RecordingLogger",
+    )
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, Path(tmp_path))
     assert RecordingLogger.calls == [("start", None), ("finish", True)]

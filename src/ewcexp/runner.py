@@ -227,6 +227,7 @@ def summarize(
         "avg_acc_seen": [average_accuracy(acc, i) for i in range(len(acc))],
         "bwt": backward_transfer(acc, last),
         "forgetting": forgetting(acc, last),
+        "per_task": [task_metrics(acc, t) for t in range(len(acc))],  # as logged after each task
         "data_source": sequence.source,
         "wall_time_s": time.perf_counter() - started,
         "phase_time_s": record.seconds,
