@@ -18,6 +18,7 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from ewcexp.checkpoint import CheckpointMismatch
     from ewcexp.config import ConfigError, check_config
     from ewcexp.data import DataUnavailable
     from ewcexp.runner import run_experiment
@@ -35,7 +36,7 @@ def main(cfg: DictConfig) -> float:
             else None,
             run_name=hydra.job.override_dirname or None,
         )
-    except (ConfigError, DataUnavailable) as error:
+    except (ConfigError, DataUnavailable, CheckpointMismatch) as error:
         sys.exit(f"error: {error}")
     return results["avg_acc"]
 

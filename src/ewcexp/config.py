@@ -66,6 +66,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task_sequence.classes_per_task": _int_at_least(1),
     "strategy.gamma": ((lambda v: _is_number(v) and 0 < v <= 1), "a number in (0, 1]"),
     "device.type": _one_of(DEVICES),
+    "resume": BOOLEAN,
     "data.download": BOOLEAN,
     "data.allow_fallback": BOOLEAN,
 }

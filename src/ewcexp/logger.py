@@ -24,10 +24,17 @@ SMALL_FISHER = 1e-8  # below this a parameter is, in effect, not protected
 class NoLogger:
     """Logs nothing; the base of the other loggers."""
 
+    run_id: str | None = None  # kept in checkpoints, so a resumed run continues the same run
+
     def start(
-        self, config: dict[str, Any], run_dir: Path, group: str | None, name: str | None
+        self,
+        config: dict[str, Any],
+        run_dir: Path,
+        group: str | None,
+        name: str | None,
+        run_id: str | None = None,
     ) -> None:
-        """Open the run; `group` and `name` are the defaults a multirun suggests."""
+        """Open the run (or reopen `run_id`); `group` and `name` are a multirun's defaults."""
 
     def log_training(self, metrics: dict[str, float]) -> None:
         """Every few steps: `train/step` and loss, penalty, learning rate, throughput."""
@@ -72,7 +79,12 @@ class WandbLogger(NoLogger):
         self.run = None
 
     def start(
-        self, config: dict[str, Any], run_dir: Path, group: str | None, name: str | None
+        self,
+        config: dict[str, Any],
+        run_dir: Path,
+        group: str | None,
+        name: str | None,
+        run_id: str | None = None,
     ) -> None:
         import wandb  # only when W&B is on: importing it takes a second
 
@@ -81,11 +93,14 @@ class WandbLogger(NoLogger):
         settings["name"] = settings["name"] or name
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.run = wandb.init(config=config, dir=str(run_dir), **settings)
+            self.run = wandb.init(
+                config=config, dir=str(run_dir), id=run_id, resume="allow", **settings
+            )
         except Exception as error:  # no network, bad key, service down: keep training
             first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             log.warning("W&B did not start (%s); continuing without it", first_line)
             return
+        self.run_id = self.run.id
         self.run.define_metric("task")
         for pattern in ("acc/*", "bwt", "forgetting", "fisher/*", "fisher_stats/*"):
             self.run.define_metric(pattern, step_metric="task")

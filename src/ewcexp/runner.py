@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ewcexp import plots
+from ewcexp import checkpoint, plots
 from ewcexp.data import load_images
 from ewcexp.device import resolve_device
 from ewcexp.fisher import estimate_fisher
@@ -47,11 +47,18 @@ def run_experiment(
     ).to(device)
     strategy: Finetune = instantiate(cfg.strategy)
     config = OmegaConf.to_container(cfg, resolve=True)
+    resumed = checkpoint.load(output_dir, config) if cfg.resume else None
     logger: NoLogger = instantiate(cfg.logger)
-    logger.start(config, output_dir, group=run_group, name=run_name)
+    logger.start(
+        config,
+        output_dir,
+        group=run_group,
+        name=run_name,
+        run_id=resumed["logger_run_id"] if resumed else None,
+    )
     failed = True
     try:
-        record = learn_sequence(cfg, sequence, model, strategy, logger, device)
+        record = learn_sequence(cfg, sequence, model, strategy, logger, device, output_dir, resumed)
         results = summarize(record, cfg, sequence, strategy, config, started)
         figures = save_figures(results, record.fisher_histograms, output_dir)
         write_json_atomically(output_dir / "results.json", results)
@@ -72,6 +79,21 @@ class Record:
     fisher_stats: list[dict[str, Any]] = field(default_factory=list)
     fisher_histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "acc": self.acc,
+            "seconds": self.seconds,
+            "fisher_stats": self.fisher_stats,
+            "fisher_histograms": self.fisher_histograms,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.acc, self.seconds = state["acc"], state["seconds"]
+        self.fisher_stats, self.fisher_histograms = (
+            state["fisher_stats"],
+            state["fisher_histograms"],
+        )
+
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -89,16 +111,29 @@ def learn_sequence(
     strategy: Finetune,
     logger: NoLogger,
     device: torch.device,
+    run_dir: Path,
+    resumed: dict[str, Any] | None = None,
 ) -> Record:
-    """The core loop: for each task, train, consolidate, evaluate every task."""
+    """The core loop: for each task, train, consolidate, evaluate every task, checkpoint."""
     scenario, tasks = sequence.scenario, sequence.tasks
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
     batch_rng = torch.Generator().manual_seed(cfg.seed)
     fisher_rng = torch.Generator(device).manual_seed(cfg.seed)
     record = Record(acc=torch.zeros(len(tasks), len(tasks)))
-    step = 0
+    step, first_task = 0, 0
+    if resumed is not None:  # continue after the last completed task, in the same state
+        model.load_state_dict(resumed["model"])
+        strategy.load_state_dict(resumed["strategy"])
+        record.load_state_dict(resumed["record"])
+        batch_rng.set_state(resumed["batch_rng"])
+        fisher_rng.set_state(resumed["fisher_rng"])
+        torch.set_rng_state(resumed["torch_rng"])
+        step, first_task = resumed["step"], resumed["tasks_done"]
+        log.info("resuming after task %d/%d from %s", first_task, len(tasks), run_dir)
     for t, task in enumerate(tasks):
+        if t < first_task:
+            continue
         with record.timing("train"):
             data = training_set(strategy.training_tasks(tasks[: t + 1]), scenario, t, device)
             steps = cfg.train.iterations or cfg.train.epochs * math.ceil(
@@ -152,6 +187,22 @@ def learn_sequence(
                     batch_size=cfg.train.eval_batch_size,
                 )
         logger.log_task(t, task_metrics(record.acc, t))
+        checkpoint.save(
+            run_dir,
+            {
+                "tasks_done": t + 1,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "strategy": strategy.state_dict(),
+                "record": record.state_dict(),
+                "batch_rng": batch_rng.get_state(),
+                "fisher_rng": fisher_rng.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "logger_run_id": logger.run_id,
+                "config": json.dumps(OmegaConf.to_container(cfg, resolve=True)),
+            },
+        )
         log.info(
             "task %d/%d (%s): %d steps, loss %.3f, penalty %.4g, avg acc so far %.4f",
             t + 1,
@@ -195,13 +246,16 @@ def record_fisher(
             else None,
         }
     )
-    record.fisher_histograms[f"fisher_task{task + 1}"] = {
-        n: fisher_histogram(f) for n, f in fisher.items()
-    }
-    if accumulated:
-        record.fisher_histograms[f"fisher_accumulated_task{task + 1}"] = {
-            n: fisher_histogram(f) for n, f in accumulated.items()
+
+    def histograms(tensors: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        # tensors, not numpy arrays: checkpoints are read with weights_only=True
+        return {
+            n: tuple(torch.from_numpy(a) for a in fisher_histogram(f)) for n, f in tensors.items()
         }
+
+    record.fisher_histograms[f"fisher_task{task + 1}"] = histograms(fisher)
+    if accumulated:
+        record.fisher_histograms[f"fisher_accumulated_task{task + 1}"] = histograms(accumulated)
     logger.log_fisher(task, fisher, accumulated)
 
 

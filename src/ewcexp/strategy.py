@@ -53,6 +53,16 @@ class QuadraticPenalty:
         """Drop every term and keep only this one (no constant)."""
         self.terms, self.constant = [(precision, anchor)], 0.0
 
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "terms": [[list(precision), list(anchor)] for precision, anchor in self.terms],
+            "constant": self.constant,
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.terms = [(list(precision), list(anchor)) for precision, anchor in state["terms"]]
+        self.constant = float(state["constant"])
+
     @torch.no_grad()
     def value(self, params: Tensors) -> float:
         total = self.constant
@@ -106,6 +116,14 @@ class Finetune:
     def accumulated_fisher(self) -> Tensors | None:
         """The Fisher merged over tasks, for strategies that keep one."""
         return None
+
+    def state_dict(self) -> dict[str, object]:
+        """What a checkpoint needs to continue: the penalty's terms."""
+        return {} if self.penalty is None else self.penalty.state_dict()
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        if self.penalty is not None:
+            self.penalty.load_state_dict(state)
 
 
 class Joint(Finetune):
