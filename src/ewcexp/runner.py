@@ -104,6 +104,43 @@ class Record:
 PHASES = ("train", "fisher", "eval")
 
 
+@dataclass
+class LoopState:
+    """Everything a checkpoint restores so that a resumed run continues exactly as if never
+    stopped: parameters, the strategy's penalty, results so far, random generators, position."""
+
+    model: nn.Module
+    strategy: Finetune
+    record: Record
+    logger: NoLogger
+    batch_rng: torch.Generator
+    fisher_rng: torch.Generator
+    tasks_done: int = 0
+    step: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tasks_done": self.tasks_done,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "record": self.record.state_dict(),
+            "batch_rng": self.batch_rng.get_state(),
+            "fisher_rng": self.fisher_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "logger_run_id": self.logger.run_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.record.load_state_dict(state["record"])
+        self.batch_rng.set_state(state["batch_rng"])
+        self.fisher_rng.set_state(state["fisher_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.tasks_done, self.step = state["tasks_done"], state["step"]
+
+
 def learn_sequence(
     cfg: DictConfig,
     sequence: TaskSequence,
@@ -118,21 +155,21 @@ def learn_sequence(
     scenario, tasks = sequence.scenario, sequence.tasks
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
-    batch_rng = torch.Generator().manual_seed(cfg.seed)
-    fisher_rng = torch.Generator(device).manual_seed(cfg.seed)
     record = Record(acc=torch.zeros(len(tasks), len(tasks)))
-    step, first_task = 0, 0
+    state = LoopState(
+        model,
+        strategy,
+        record,
+        logger,
+        torch.Generator().manual_seed(cfg.seed),
+        torch.Generator(device).manual_seed(cfg.seed),
+    )
     if resumed is not None:  # continue after the last completed task, in the same state
-        model.load_state_dict(resumed["model"])
-        strategy.load_state_dict(resumed["strategy"])
-        record.load_state_dict(resumed["record"])
-        batch_rng.set_state(resumed["batch_rng"])
-        fisher_rng.set_state(resumed["fisher_rng"])
-        torch.set_rng_state(resumed["torch_rng"])
-        step, first_task = resumed["step"], resumed["tasks_done"]
-        log.info("resuming after task %d/%d from %s", first_task, len(tasks), run_dir)
+        state.load_state_dict(resumed)
+        log.info("resuming after task %d/%d from %s", state.tasks_done, len(tasks), run_dir)
+    batch_rng, fisher_rng = state.batch_rng, state.fisher_rng
     for t, task in enumerate(tasks):
-        if t < first_task:
+        if t < state.tasks_done:
             continue
         with record.timing("train"):
             data = training_set(strategy.training_tasks(tasks[: t + 1]), scenario, t, device)
@@ -141,13 +178,13 @@ def learn_sequence(
             )
             optimizer = instantiate(cfg.optimizer)(params)  # fresh optimizer state per task
             loop = TrainingLoop(model, optimizer, strategy, params, logger, cfg.train.log_every)
-            step, loss = loop.run(
+            state.step, loss = loop.run(
                 data,
                 steps,
                 cfg.train.batch_size,
                 batch_rng,
                 t,
-                step,
+                state.step,
                 f"task {t + 1}/{len(tasks)} [{strategy.name}]",
             )
 
@@ -187,19 +224,12 @@ def learn_sequence(
                     batch_size=cfg.train.eval_batch_size,
                 )
         logger.log_task(t, task_metrics(record.acc, t))
+        state.tasks_done = t + 1
         checkpoint.save(
             run_dir,
             {
-                "tasks_done": t + 1,
-                "step": step,
-                "model": model.state_dict(),
+                **state.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "strategy": strategy.state_dict(),
-                "record": record.state_dict(),
-                "batch_rng": batch_rng.get_state(),
-                "fisher_rng": fisher_rng.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "logger_run_id": logger.run_id,
                 "config": json.dumps(OmegaConf.to_container(cfg, resolve=True)),
             },
         )
