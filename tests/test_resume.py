@@ -22,25 +22,26 @@ ARGS = [
 ]
 
 # Runs run.py in this process, with one function of the runner wrapped so that its n-th call
-# kills the process with SIGKILL (no handler, no cleanup: as a node failure would).
+# sends the process a signal: SIGKILL (no handler, no cleanup: as a node failure would) or
+# SLURM's warnings before a time limit or preemption.
 KILLER = """
 import os, signal, sys, runpy
 import ewcexp.runner as runner
-name, when = sys.argv[1], int(sys.argv[2])
+name, when, signum = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
 original, calls = getattr(runner, name), [0]
 def wrapped(*args, **kwargs):
     calls[0] += 1
     if calls[0] == when:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signum)
     return original(*args, **kwargs)
 setattr(runner, name, wrapped)
-sys.argv = [sys.argv[3], *sys.argv[4:]]
+sys.argv = [sys.argv[4], *sys.argv[5:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
 def killed_run(
-    where: str, when: int, run_dir: Path, data_root: Path
+    where: str, when: int, run_dir: Path, data_root: Path, signum: signal.Signals, *extra: str
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
@@ -49,8 +50,10 @@ def killed_run(
             KILLER,
             where,
             str(when),
+            signum.name,
             str(REPO / "run.py"),
             *ARGS,
+            *extra,
             f"data.root={data_root}",
             f"hydra.run.dir={run_dir}",
         ],
@@ -76,34 +79,41 @@ def uninterrupted(tmp_path_factory, data_root) -> dict:
     return metrics(cwd / "run")
 
 
+# (what interrupts it, at which call of which runner function, the checkpoint it leaves:
+# tasks done and steps of the next task done), one after another on the same run directory
+INTERRUPTIONS = [
+    ("estimate_fisher", 2, signal.SIGKILL, (1, 0)),  # node failure during task 2's Fisher
+    ("active_cross_entropy", 30 + 10, signal.SIGTERM, (2, 10)),  # preempted mid-task 3
+    ("active_cross_entropy", 10, signal.SIGKILL, (2, 10)),  # killed after that mid-task save
+    ("estimate_fisher", 1, signal.SIGUSR2, (3, 0)),  # time limit warning during a Fisher
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("where", "when", "tasks_done"),
-    [
-        ("active_cross_entropy", 30 + 15, 1),  # task 2, mid-training (30 steps per task)
-        ("estimate_fisher", 3, 2),  # task 3, during the Fisher estimation
-    ],
-    ids=["task2-training", "task3-fisher"],
-)
-def test_killed_run_resumes_to_identical_results(
-    tmp_path, data_root, uninterrupted, where, when, tasks_done
-):
+def test_interrupted_run_resumes_to_identical_results(tmp_path, data_root, uninterrupted):
+    """Killed and signalled at several points, resumed each time; W&B continues one run."""
     import torch
 
     run_dir = tmp_path / "run"  # where run_cli puts its run
-    killed = killed_run(where, when, run_dir, data_root)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert not (run_dir / "results.json").exists()
-    checkpoint = run_dir / "checkpoint.pt"
-    if tasks_done:
-        assert torch.load(checkpoint, weights_only=True)["tasks_done"] == tasks_done
-    else:
-        assert not checkpoint.exists()
-    resumed = run_cli(*ARGS, cwd=tmp_path, data_root=data_root)
+    for where, when, signum, (tasks_done, task_steps) in INTERRUPTIONS:
+        stopped = killed_run(where, when, run_dir, data_root, signum, "logger=wandb")
+        expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signum
+        assert stopped.returncode == expected, stopped.stderr[-2000:]
+        assert not (run_dir / "results.json").exists()
+        saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert (saved["tasks_done"], saved["task_steps"]) == (tasks_done, task_steps)
+        assert ("optimizer" in saved) == (task_steps > 0)
+    resumed = run_cli(*ARGS, "logger=wandb", cwd=tmp_path, data_root=data_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    if tasks_done:
-        assert f"resuming after task {tasks_done}/4" in resumed.stdout + resumed.stderr
+    assert "resuming after task 3/4" in resumed.stdout + resumed.stderr
     assert metrics(run_dir) == uninterrupted
+    # every process logged to the same W&B run: one id, reopened with resume="allow"
+    run_ids = {path.name.rsplit("-", 1)[-1] for path in (run_dir / "wandb").glob("offline-run-*")}
+    assert len(run_ids) == 1
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == len(INTERRUPTIONS) + 1
+    assert (
+        json.loads((run_dir / "results.json").read_text())["config"]["logger"]["mode"] == "offline"
+    )
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path, data_root):
@@ -127,3 +137,26 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, data_root):
     ):
         load(tmp_path, other)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_stop_request_defers_the_signal_then_hands_it_to_the_previous_handler():
+    """As under submitit: its handler (here a stand-in) runs only once we have saved."""
+    import os
+
+    from ewcexp.preemption import StopRequest
+
+    received = []
+    original = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    try:
+        with StopRequest() as stop:
+            assert not stop.requested
+            os.kill(os.getpid(), signal.SIGUSR2)
+            assert stop.requested and received == []
+            with pytest.raises(SystemExit) as exited:
+                stop.exit()
+        assert received == [signal.SIGUSR2]
+        assert exited.value.code == 128 + signal.SIGUSR2
+        os.kill(os.getpid(), signal.SIGUSR2)  # the previous handler is back in place
+        assert received == [signal.SIGUSR2, signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, original)

@@ -51,8 +51,8 @@ class NoLogger:
     def log_summary(self, results: dict[str, Any], images: dict[str, Path]) -> None:
         """At the end: final metrics, the accuracy matrix, and the run's PNG figures."""
 
-    def finish(self, failed: bool = False) -> None:
-        """Close the run; called whatever happened, errors and Ctrl-C included."""
+    def finish(self, failed: bool = False, preempted: bool = False) -> None:
+        """Close the run; called whatever happened, errors, Ctrl-C and preemption included."""
 
 
 class WandbLogger(NoLogger):
@@ -156,8 +156,10 @@ class WandbLogger(NoLogger):
         ):
             self.run.summary[key] = results[key]
 
-    def finish(self, failed: bool = False) -> None:
+    def finish(self, failed: bool = False, preempted: bool = False) -> None:
         if self.run is not None:
+            if preempted:  # shown as preempted, not crashed; the requeued job resumes this run
+                self.run.mark_preempting()
             self.run.finish(exit_code=1 if failed else 0)
             self.run = None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from ewcexp.device import resolve_device
 from ewcexp.fisher import estimate_fisher
 from ewcexp.logger import NoLogger, fisher_histogram, fisher_statistics
 from ewcexp.metrics import average_accuracy, backward_transfer, forgetting
+from ewcexp.preemption import StopRequest
 from ewcexp.strategy import Finetune
 from ewcexp.task_sequence import Scenario, Task, TaskSequence
 
@@ -57,15 +59,18 @@ def run_experiment(
         run_id=resumed["logger_run_id"] if resumed else None,
     )
     failed = True
-    try:
-        record = learn_sequence(cfg, sequence, model, strategy, logger, device, output_dir, resumed)
-        results = summarize(record, cfg, sequence, strategy, config, started)
-        figures = save_figures(results, record.fisher_histograms, output_dir)
-        write_json_atomically(output_dir / "results.json", results)
-        logger.log_summary(results, figures)
-        failed = False
-    finally:
-        logger.finish(failed)
+    with StopRequest() as stop:
+        try:
+            record = learn_sequence(
+                cfg, sequence, model, strategy, logger, device, output_dir, resumed, stop
+            )
+            results = summarize(record, cfg, sequence, strategy, config, started)
+            figures = save_figures(results, record.fisher_histograms, output_dir)
+            write_json_atomically(output_dir / "results.json", results)
+            logger.log_summary(results, figures)
+            failed = False
+        finally:
+            logger.finish(failed, preempted=stop.requested)
     print(format_report(results))
     return results
 
@@ -116,12 +121,14 @@ class LoopState:
     batch_rng: torch.Generator
     fisher_rng: torch.Generator
     tasks_done: int = 0
-    step: int = 0
+    step: int = 0  # global training step at the start of the current task
+    task_steps: int = 0  # steps of the current task done when a stop was requested mid-task
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "tasks_done": self.tasks_done,
             "step": self.step,
+            "task_steps": self.task_steps,
             "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(),
             "record": self.record.state_dict(),
@@ -139,6 +146,7 @@ class LoopState:
         self.fisher_rng.set_state(state["fisher_rng"])
         torch.set_rng_state(state["torch_rng"])
         self.tasks_done, self.step = state["tasks_done"], state["step"]
+        self.task_steps = state["task_steps"]
 
 
 def learn_sequence(
@@ -150,8 +158,11 @@ def learn_sequence(
     device: torch.device,
     run_dir: Path,
     resumed: dict[str, Any] | None = None,
+    stop: StopRequest | None = None,
 ) -> Record:
-    """The core loop: for each task, train, consolidate, evaluate every task, checkpoint."""
+    """The core loop: for each task, train, consolidate, evaluate every task, checkpoint.
+    When `stop` is requested (SLURM's warning signal), checkpoint mid-task and exit."""
+    stop = stop or StopRequest()
     scenario, tasks = sequence.scenario, sequence.tasks
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     names, params = [n for n, _ in named], [p for _, p in named]
@@ -164,21 +175,32 @@ def learn_sequence(
         torch.Generator().manual_seed(cfg.seed),
         torch.Generator(device).manual_seed(cfg.seed),
     )
-    if resumed is not None:  # continue after the last completed task, in the same state
+    if resumed is not None:  # continue where the run stopped, in the same state
         state.load_state_dict(resumed)
-        log.info("resuming after task %d/%d from %s", state.tasks_done, len(tasks), run_dir)
+        log.info(
+            "resuming after task %d/%d%s from %s",
+            state.tasks_done,
+            len(tasks),
+            f" and {state.task_steps} steps of the next" if state.task_steps else "",
+            run_dir,
+        )
     batch_rng, fisher_rng = state.batch_rng, state.fisher_rng
     for t, task in enumerate(tasks):
         if t < state.tasks_done:
             continue
+        task_start_rng = batch_rng.get_state()  # a resumed task replays its batches from here
         with record.timing("train"):
             data = training_set(strategy.training_tasks(tasks[: t + 1]), scenario, t, device)
             steps = cfg.train.iterations or cfg.train.epochs * math.ceil(
                 task.train_size / cfg.train.batch_size
             )
             optimizer = instantiate(cfg.optimizer)(params)  # fresh optimizer state per task
-            loop = TrainingLoop(model, optimizer, strategy, params, logger, cfg.train.log_every)
-            state.step, loss = loop.run(
+            if state.task_steps:
+                optimizer.load_state_dict(resumed["optimizer"])
+            loop = TrainingLoop(
+                model, optimizer, strategy, params, logger, cfg.train.log_every, stop
+            )
+            done, loss = loop.run(
                 data,
                 steps,
                 cfg.train.batch_size,
@@ -186,7 +208,17 @@ def learn_sequence(
                 t,
                 state.step,
                 f"task {t + 1}/{len(tasks)} [{strategy.name}]",
+                done=state.task_steps,
             )
+        if done < steps:  # stopped by a signal: save this task's progress, then leave
+            batch_rng.set_state(task_start_rng)
+            state.task_steps = done
+            save_checkpoint(run_dir, state, cfg, optimizer)
+            log.info(
+                "checkpoint at task %d/%d, step %d/%d: exiting", t + 1, len(tasks), done, steps
+            )
+            stop.exit()
+        state.step, state.task_steps = state.step + steps, 0
 
         penalty = strategy.penalty_value(params)  # at the end of training, before consolidating
         with record.timing("fisher"):
@@ -225,14 +257,7 @@ def learn_sequence(
                 )
         logger.log_task(t, task_metrics(record.acc, t))
         state.tasks_done = t + 1
-        checkpoint.save(
-            run_dir,
-            {
-                **state.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "config": json.dumps(OmegaConf.to_container(cfg, resolve=True)),
-            },
-        )
+        save_checkpoint(run_dir, state, cfg)
         log.info(
             "task %d/%d (%s): %d steps, loss %.3f, penalty %.4g, avg acc so far %.4f",
             t + 1,
@@ -243,7 +268,23 @@ def learn_sequence(
             penalty,
             average_accuracy(record.acc, t),
         )
+        if stop.requested:  # the signal came during the Fisher or evaluation: nothing is lost
+            stop.exit()
     return record
+
+
+def save_checkpoint(
+    run_dir: Path, state: LoopState, cfg: DictConfig, optimizer: torch.optim.Optimizer | None = None
+) -> None:
+    """The loop's state, the config it belongs to, and mid-task the optimizer's state (a new
+    task starts with a fresh optimizer, so a task-end checkpoint leaves it out)."""
+    payload = {
+        **state.state_dict(),
+        "config": json.dumps(OmegaConf.to_container(cfg, resolve=True)),
+    }
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    checkpoint.save(run_dir, payload)
 
 
 def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
@@ -395,6 +436,7 @@ class TrainingLoop:
     params: list[Tensor]
     logger: NoLogger
     log_every: int
+    stop: StopRequest
 
     def run(
         self,
@@ -405,8 +447,11 @@ class TrainingLoop:
         task: int,
         first_step: int,
         description: str,
+        done: int = 0,
     ) -> tuple[int, float]:
-        """Train `steps` minibatches; returns the global step count and the last loss reported."""
+        """Train the task's minibatches `done`..`steps`-1 (`rng` as at the task's start, so a
+        resumed task draws the same batches); `first_step` is the global step at the task's
+        start. Returns the steps done (fewer when a stop is requested) and the last loss reported."""
         images, targets, lo, hi = data
         shared = bool((lo == lo[0]).all() and (hi == hi[0]).all())  # all but task-incremental joint
         if shared:
@@ -414,10 +459,18 @@ class TrainingLoop:
         self.model.train()
         loss_value, since, clock = float("nan"), 0, time.perf_counter()
         # disable=None: a progress bar on a terminal, none in log files
+        batches = itertools.islice(batch_indices(len(targets), batch_size, steps, rng), done, None)
         with tqdm(
-            total=steps, desc=description, leave=False, dynamic_ncols=True, disable=None
+            total=steps,
+            initial=done,
+            desc=description,
+            leave=False,
+            dynamic_ncols=True,
+            disable=None,
         ) as progress:
-            for step, batch in enumerate(batch_indices(len(targets), batch_size, steps, rng)):
+            for step, batch in enumerate(batches, start=done):
+                if self.stop.requested:
+                    return step, loss_value
                 batch = batch.to(images.device)
                 logits = self.model(images[batch])
                 loss = (
@@ -437,7 +490,7 @@ class TrainingLoop:
                     since = 0
                     progress.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
                 progress.update()
-        return first_step + steps, loss_value
+        return steps, loss_value
 
     def report(self, step: int, task: int, loss: float, samples_per_s: float) -> None:
         penalty = self.strategy.penalty_value(self.params)
