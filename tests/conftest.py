@@ -120,3 +120,72 @@ def read_wandb_run(job_dir: Path) -> list[dict]:
         timeout=120,
     )
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def md5_of(path: Path) -> str:
+    """The checksum torchvision compares its downloads and CIFAR batches against."""
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def synthetic_colour_images(
+    num_classes: int, per_class: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable 32x32 colour images [N, 3, 32, 32]: a fixed random pattern per class plus noise."""
+    rng = np.random.default_rng(seed)
+    prototypes = np.random.default_rng(4321).integers(0, 170, size=(num_classes, 3, 32, 32))
+    labels = np.repeat(np.arange(num_classes), per_class)
+    rng.shuffle(labels)
+    images = prototypes[labels] + rng.integers(0, 86, size=(len(labels), 3, 32, 32))
+    return images.astype(np.uint8), labels.astype(np.int64)
+
+
+def write_cifar(
+    root: Path, class_name: str, per_class_train: int = 10, per_class_test: int = 3
+) -> None:
+    """Pickled batches in the format and layout of torchvision's CIFAR10/CIFAR100 (`class_name`)
+    under root/<base_folder>/, as the real archives unpack. torchvision checks every file's md5
+    against its class attributes: see `trust_cifar_files`."""
+    import pickle
+
+    from torchvision import datasets
+
+    dataset_class = getattr(datasets, class_name)
+    folder = root / dataset_class.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    num_classes = 100 if class_name == "CIFAR100" else 10
+
+    def write_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+        # rows of 3072 bytes: the red, green and blue 32x32 planes one after another
+        batch = {"batch_label": path.name, "data": images.reshape(len(images), -1)}
+        if num_classes == 100:
+            batch |= {"fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist()}
+        else:
+            batch["labels"] = labels.tolist()
+        path.write_bytes(pickle.dumps(batch))
+
+    images, labels = synthetic_colour_images(num_classes, per_class_train, seed=0)
+    train_files = [name for name, _ in dataset_class.train_list]
+    parts = np.array_split(np.arange(len(labels)), len(train_files))
+    for name, part in zip(train_files, parts, strict=True):
+        write_batch(folder / name, images[part], labels[part])
+    images, labels = synthetic_colour_images(num_classes, per_class_test, seed=1)
+    ((test_file, _),) = dataset_class.test_list
+    write_batch(folder / test_file, images, labels)
+    names = {dataset_class.meta["key"]: [f"class {c}" for c in range(num_classes)]}
+    (folder / dataset_class.meta["filename"]).write_bytes(pickle.dumps(names))
+
+
+def trust_cifar_files(monkeypatch: pytest.MonkeyPatch, root: Path, class_name: str) -> None:
+    """Make torchvision's `class_name` accept the synthetic files under `root`: its md5 table
+    (`train_list`, `test_list`, `meta`) set to theirs, for this test only."""
+    from torchvision import datasets
+
+    dataset_class = getattr(datasets, class_name)
+    folder = root / dataset_class.base_folder
+    for table in ("train_list", "test_list"):
+        entries = [[name, md5_of(folder / name)] for name, _ in getattr(dataset_class, table)]
+        monkeypatch.setattr(dataset_class, table, entries)
+    meta = dataset_class.meta
+    monkeypatch.setattr(dataset_class, "meta", {**meta, "md5": md5_of(folder / meta["filename"])})

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ewcexp.data import NUM_CLASSES
 from ewcexp.device import DEVICES, unavailable_reason
 from ewcexp.fisher import ESTIMATORS
-from ewcexp.task_sequence import SCENARIOS
+from ewcexp.task_sequence import ANGLE_SPACINGS, SCENARIOS
 
 
 class ConfigError(ValueError):
@@ -64,6 +64,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "task_sequence.num_tasks": _int_at_least(1),
     "task_sequence.scenario": _one_of(SCENARIOS),
     "task_sequence.classes_per_task": _int_at_least(1),
+    "task_sequence.max_angle": (
+        (lambda v: _is_number(v) and 0 < v <= 360),
+        "a number of degrees in (0, 360]",
+    ),
+    "task_sequence.angles": _one_of(ANGLE_SPACINGS),
     "strategy.gamma": ((lambda v: _is_number(v) and 0 < v <= 1), "a number in (0, 1]"),
     "device.type": _one_of(DEVICES),
     "resume": BOOLEAN,

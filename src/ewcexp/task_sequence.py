@@ -1,4 +1,4 @@
-"""Task sequences (permuted and split datasets) and the three continual-learning scenarios.
+"""Task sequences (permuted, rotated and split datasets) and the three continual-learning scenarios.
 
 The model has one output layer; a scenario decides which slice of it is active
 for a task and where that task's labels sit in it:
@@ -16,9 +16,10 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-from ewcexp.data import ImageData
+from ewcexp.data import NUM_CLASSES, ImageData
 
 SCENARIOS = ("task", "domain", "class")
+ANGLE_SPACINGS = ("even", "random")  # RotatedSequence's `angles`
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Task:
     images: ImageData
     class_ids: list[int]  # the dataset labels this task uses, in local-label order
     pixel_permutation: Tensor | None = None
+    rotation: float | None = None  # degrees, counter-clockwise
     _test: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -80,7 +82,22 @@ class Task:
         images, local = images[keep], local[keep]
         if self.pixel_permutation is not None:  # once, on the whole tensor
             images = images.flatten(1)[:, self.pixel_permutation].view_as(images)
+        if self.rotation is not None:
+            images = rotate(images, self.rotation)
         return images, local
+
+
+def rotate(images: Tensor, degrees: float) -> Tensor:
+    """uint8 images [N, H, W] or [N, C, H, W], all turned `degrees` counter-clockwise about their
+    centre in one call (bilinear; corners that come from outside the image are 0)."""
+    from torchvision.transforms.v2.functional import InterpolationMode
+    from torchvision.transforms.v2.functional import rotate as turn  # slow import: only when used
+
+    grey = images.dim() == 3
+    turned = turn(
+        images.unsqueeze(1) if grey else images, degrees, interpolation=InterpolationMode.BILINEAR
+    )
+    return turned.squeeze(1) if grey else turned
 
 
 class TaskSequence:
@@ -125,6 +142,50 @@ class PermutedSequence(TaskSequence):
                 torch.randperm(pixels, generator=generator),
             )
             for t in range(self.num_tasks)
+        ]
+
+
+class RotatedSequence(TaskSequence):
+    """Every task is the whole dataset turned by its own fixed angle, in [0, `max_angle`) degrees.
+
+    `angles="even"` (the default) spaces them evenly, task t at t·max_angle/num_tasks, so the
+    first task is the unrotated dataset and the sequence needs no seed; `angles="random"` draws
+    them uniformly from `seed`, as some papers do.
+    """
+
+    def __init__(
+        self,
+        dataset: str,
+        images: ImageData,
+        num_tasks: int,
+        scenario: str,
+        seed: int,
+        max_angle: float = 180.0,
+        angles: str = "even",
+    ) -> None:
+        if angles not in ANGLE_SPACINGS:
+            raise ValueError(f"angles={angles!r}: expected one of {', '.join(ANGLE_SPACINGS)}")
+        self.classes_per_task = NUM_CLASSES[dataset]
+        self.max_angle = max_angle
+        self.angles = angles
+        super().__init__(dataset, images, num_tasks, scenario, seed)
+
+    @cached_property
+    def tasks(self) -> list[Task]:
+        if self.angles == "even":
+            angles = [t * self.max_angle / self.num_tasks for t in range(self.num_tasks)]
+        else:
+            generator = torch.Generator().manual_seed(self.seed)
+            angles = (torch.rand(self.num_tasks, generator=generator) * self.max_angle).tolist()
+        return [
+            Task(
+                t,
+                f"rotation {angle:g}°",
+                self.images,
+                list(range(self.classes_per_task)),
+                rotation=angle,
+            )
+            for t, angle in enumerate(angles)
         ]
 
 
