@@ -25,6 +25,46 @@ def test_every_group_option_composes_and_validates(override):
     check_config(cfg)
 
 
+# each paper preset: the settings its header documents
+PRESETS = {
+    "split_mnist_task": ("split_mnist", "task", 5, [400, 400], 0.001, 128, 2000, 1e5),
+    "split_mnist_class": ("split_mnist", "class", 5, [400, 400], 0.001, 128, 2000, 1e9),
+    "permuted_mnist_domain": ("permuted_mnist", "domain", 10, [1000, 1000], 1e-4, 128, 5000, 100),
+    "split_cifar10_task": ("split_cifar10", "task", 5, None, 1e-4, 256, 5000, 100),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_experiment_presets_set_the_papers_setup(name):
+    assert sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")) == sorted(PRESETS)
+    sequence, scenario, tasks, hidden, lr, batch, iterations, strength = PRESETS[name]
+    cfg = compose_config(f"experiment={name}")
+    check_config(cfg)
+    expected_sequence = compose_config(f"task_sequence={sequence}").task_sequence
+    assert cfg.task_sequence.dataset == expected_sequence.dataset
+    assert cfg.task_sequence._target_ == expected_sequence._target_
+    assert (cfg.task_sequence.scenario, cfg.task_sequence.num_tasks) == (scenario, tasks)
+    assert cfg.model.get("hidden_sizes") == hidden
+    assert (cfg.optimizer.lr, cfg.train.batch_size, cfg.train.iterations) == (lr, batch, iterations)
+    assert cfg.fisher.estimator == "exact" and cfg["lambda"] == strength
+    assert compose_config(f"experiment={name}", "lambda=7")["lambda"] == 7  # the CLI still wins
+
+
+def test_slurm_launcher_preset_composes_with_overridable_defaults():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "config",
+            ["hydra/launcher=slurm", "device=cuda", "hydra.launcher.partition=gpu"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.account, launcher.gpus_per_node) == ("gpu", None, 1)
+    assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0
+
+
 def test_default_config_has_the_documented_keys():
     cfg = compose_config()
     assert cfg["lambda"] == 400 and cfg.seed == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -15,6 +17,10 @@ def unavailable_reason(kind: str) -> str | None:
 
 
 def resolve_device(kind: str) -> torch.device:
+    """The torch device for `kind`. Inside a SLURM job, CPU work also gets only the CPUs the
+    job was given: torch would otherwise start a thread per core of the shared node."""
+    if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):
+        torch.set_num_threads(int(cpus))
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(kind)
