@@ -143,8 +143,8 @@ class RecordingLogger:
     def log_summary(self, results, images):
         pass
 
-    def finish(self, failed=False):
-        self.calls.append(("finish", failed))
+    def finish(self, failed=False, preempted=False):
+        self.calls.append(("finish", failed, preempted))
 
 
 def test_logger_is_finished_on_ctrl_c_and_no_results_are_written(tmp_path, data_root):
@@ -156,5 +156,5 @@ def test_logger_is_finished_on_ctrl_c_and_no_results_are_written(tmp_path, data_
     )
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, Path(tmp_path))
-    assert RecordingLogger.calls == [("start", None), ("finish", True)]
+    assert RecordingLogger.calls == [("start", None), ("finish", True, False)]
     assert not (tmp_path / "results.json").exists()

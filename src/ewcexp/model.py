@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -67,3 +68,57 @@ class CNN(nn.Module):
         if x.dim() == 3:
             x = x.unsqueeze(1)
         return self.classifier(self.features(x).flatten(1))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BatchNorm layers around a residual connection; the shortcut is a 1x1
+    conv-BatchNorm where the block changes the shape. Convolutions have no bias: BatchNorm's
+    shift makes it redundant."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """The reduced ResNet-18 of continual-learning papers on CIFAR (Lopez-Paz & Ranzato 2017,
+    GEM): a 3x3 stride-1 stem, BasicBlocks [2, 2, 2, 2] of widths `width`·[1, 2, 4, 8] with
+    strides [1, 2, 2, 2], global average pooling, one output layer. Small images keep their
+    resolution in the stem, unlike ImageNet's 7x7 stride-2 stem and max-pooling.
+    Grey images [N, H, W] or [N, C, H, W]."""
+
+    def __init__(self, input_shape: Sequence[int], out_features: int, width: int = 20) -> None:
+        super().__init__()
+        in_channels = 1 if len(input_shape) == 2 else input_shape[0]
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+        )
+        blocks: list[nn.Module] = []
+        channels = width
+        for stage, stride in enumerate((1, 2, 2, 2)):
+            for block_stride in (stride, 1):
+                blocks.append(BasicBlock(channels, width * 2**stage, block_stride))
+                channels = width * 2**stage
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(channels, out_features)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = as_float(images)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
