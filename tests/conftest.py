@@ -16,6 +16,11 @@ from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The tests' models are tiny: a second intra-op thread costs more than it gives, and on a
+# 2-core machine the threads of concurrent processes spin waiting on each other (5-25x
+# slower). Set before torch is imported; the runs the tests start inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """IDX file: magic (0, 0, type 0x08 = ubyte, number of dims), big-endian int32 sizes, bytes."""
