@@ -17,7 +17,9 @@ set -euo pipefail
 
 DIR=${LOCAL_SLURM_DIR:-/tmp/ewcexp-slurm}
 NODE=$(hostname -s)
-CPUS=$(nproc)
+# at least 4 CPUs advertised, so that hydra/launcher=slurm's default cpus_per_task=4 fits
+# the node (SlurmdParameters=config_overrides lets a node claim more than it has)
+CPUS=${LOCAL_SLURM_CPUS:-$(($(nproc) > 4 ? $(nproc) : 4))}
 MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
 DB_PORT=${LOCAL_SLURM_DB_PORT:-3307}
 TAG="# written by ewcexp scripts/local_slurm.sh"
@@ -43,10 +45,13 @@ wait_until() {  # wait_until WHAT COMMAND...: up to 60 s
         sleep 0.2
     done
 }
-write_config() {  # write_config PATH MODE CONTENT
+CHANGED=0
+write_config() {  # write_config PATH MODE CONTENT; sets CHANGED=1 when the content changes
     if [[ -f $1 ]] && ! grep -qF "$TAG" "$1"; then
         fail "$1 exists and was not written by this script; refusing to replace it"
     fi
+    [[ -f $1 && $(cat "$1") == "$(printf '%s\n%s' "$TAG" "$3")" ]] && return 0
+    CHANGED=1
     printf '%s\n%s\n' "$TAG" "$3" >"$1.new"
     chmod "$2" "$1.new"
     mv "$1.new" "$1"
@@ -107,6 +112,10 @@ StorageHost=127.0.0.1
 StoragePort=$DB_PORT
 StorageUser=slurm
 StoragePass=$password"
+    if ((CHANGED)) && ours slurmctld >/dev/null; then
+        say "configuration changed: restarting the daemons"
+        stop
+    fi
 
     if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
         [[ -s /etc/munge/munge.key ]] || mungekey --create --keyfile=/etc/munge/munge.key

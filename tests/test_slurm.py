@@ -41,7 +41,7 @@ SITE = """\
 defaults:
   - slurm
 partition: debug
-cpus_per_task: 1   # the local cluster's node has two CPUs: two jobs at a time
+cpus_per_task: 1   # one thread per job: the local cluster runs on two cores
 mem_gb: null
 timeout_min: 10
 """
