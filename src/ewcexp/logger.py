@@ -157,11 +157,18 @@ class WandbLogger(NoLogger):
             self.run.summary[key] = results[key]
 
     def finish(self, failed: bool = False, preempted: bool = False) -> None:
-        if self.run is not None:
+        if self.run is None:
+            return
+        run, self.run = self.run, None
+        try:
             if preempted:  # shown as preempted, not crashed; the requeued job resumes this run
-                self.run.mark_preempting()
-            self.run.finish(exit_code=1 if failed else 0)
-            self.run = None
+                run.mark_preempting()
+            run.finish(exit_code=1 if failed else 0)
+        except Exception as error:  # e.g. its service already killed: never hide the real outcome
+            log.warning(
+                "W&B run did not close cleanly (%s)",
+                str(error).splitlines()[0] if str(error) else type(error).__name__,
+            )
 
 
 def fisher_histogram(values: Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -217,6 +217,7 @@ def learn_sequence(
             log.info(
                 "checkpoint at task %d/%d, step %d/%d: exiting", t + 1, len(tasks), done, steps
             )
+            logger.finish(failed=True, preempted=True)  # before a requeue stops its service
             stop.exit()
         state.step, state.task_steps = state.step + steps, 0
 
@@ -269,6 +270,7 @@ def learn_sequence(
             average_accuracy(record.acc, t),
         )
         if stop.requested:  # the signal came during the Fisher or evaluation: nothing is lost
+            logger.finish(failed=True, preempted=True)
             stop.exit()
     return record
 
