@@ -19,6 +19,7 @@ from common import machine, median_seconds, mnist_like, table
 from ewcexp.data import ImageData
 from ewcexp.logger import NoLogger
 from ewcexp.model import MLP
+from ewcexp.preemption import StopRequest
 from ewcexp.runner import TrainingLoop, training_set
 from ewcexp.strategy import Finetune
 from ewcexp.task_sequence import PermutedSequence
@@ -48,7 +49,9 @@ def main() -> None:
     batches = runner_setup()
 
     def runner_epoch() -> None:
-        loop = TrainingLoop(model, optimizer, Finetune(), params, NoLogger(), log_every=50)
+        loop = TrainingLoop(
+            model, optimizer, Finetune(), params, NoLogger(), log_every=50, stop=StopRequest()
+        )
         loop.run(batches, steps, BATCH, rng, task=0, first_step=0, description="epoch")
 
     task_images, task_labels = task.train_set()

@@ -298,6 +298,38 @@ def test_new_sequences_train_end_to_end(tmp_path, cifar_root, sequence, dataset,
     assert results["data_source"] == f"torchvision:{cifar_root}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("preset", "tasks", "model"),
+    [
+        ("split_mnist_task", 5, "MLP"),
+        ("split_mnist_class", 5, "MLP"),
+        ("permuted_mnist_domain", 10, "MLP"),
+        ("split_cifar10_task", 5, "ResNet18"),
+    ],
+)
+def test_every_preset_runs_end_to_end(tmp_path, data_root, cifar_root, preset, tasks, model):
+    """The paper setups as a user starts them, only shortened: a few steps and Fisher samples."""
+    root = cifar_root if "cifar" in preset else data_root
+    cfg = compose_config(
+        f"experiment={preset}",
+        *(["train.batch_size=32"] if "cifar" in preset else []),  # ResNet-18 on a CPU
+        "train.iterations=3",
+        "fisher.num_samples=8",
+        "strategy=online_ewc",  # one stored term: keeps the 2x1000 MLP's checkpoints small
+        f"data.root={root}",
+        "data.download=false",
+        "logger=none",
+    )
+    check_config(cfg)
+    results = run_experiment(cfg, tmp_path)
+    assert len(results["acc_matrix"]) == tasks
+    assert all(len(row) == tasks for row in results["acc_matrix"])
+    assert results["config"]["model"]["_target_"] == f"ewcexp.model.{model}"
+    assert results["fisher_estimator"] == "exact"
+    assert results["data_source"] == f"torchvision:{root}"
+
+
 # --- the download command -------------------------------------------------------------------
 
 

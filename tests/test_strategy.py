@@ -48,8 +48,8 @@ def explicit_penalty(params, history, strength):
 def penalty_gradient(strategy, params):
     leaves = [p.clone().requires_grad_() for p in params]
     for leaf in leaves:
-        leaf.grad = torch.zeros_like(leaf)
-    strategy.add_penalty_gradient(leaves)
+        leaf.grad = torch.full_like(leaf, float("nan"))  # overwritten, never added to
+    strategy.start_gradient(leaves)
     return [leaf.grad for leaf in leaves]
 
 
@@ -94,8 +94,8 @@ def test_ewc_sum_anchor_is_precision_weighted_mean_and_latest_where_no_precision
     strategy = EWCSum(strength=1.0)
     strategy.consolidate([torch.tensor([1.0, 5.0, 2.0])], [torch.tensor([1.0, 0.0, 0.0])])
     strategy.consolidate([torch.tensor([4.0, 7.0, 3.0])], [torch.tensor([2.0, 0.0, 0.0])])
-    precision, anchor = strategy.penalty.terms[0]
-    torch.testing.assert_close(precision[0], torch.tensor([3.0, 0.0, 0.0]))
+    ((_, anchor),) = strategy.penalty.terms
+    torch.testing.assert_close(strategy.accumulated_fisher()[0], torch.tensor([3.0, 0.0, 0.0]))
     torch.testing.assert_close(anchor[0], torch.tensor([3.0, 7.0, 3.0]))  # (1·1+2·4)/3 = 3
 
 
@@ -103,8 +103,8 @@ def test_online_ewc_with_gamma_one_accumulates_the_summed_fisher_anchored_at_the
     online, summed = OnlineEWC(strength=1.0, gamma=1.0), EWCSum(strength=1.0)
     history = consolidate_tasks(online, 4)
     consolidate_tasks(summed, 4)
-    ((online_precision, online_anchor),) = online.penalty.terms
-    for a, b in zip(online_precision, summed.penalty.terms[0][0], strict=True):
+    ((_, online_anchor),) = online.penalty.terms
+    for a, b in zip(online.accumulated_fisher(), summed.accumulated_fisher(), strict=True):
         torch.testing.assert_close(a, b)
     for a, b in zip(online_anchor, history[-1][0], strict=True):
         torch.testing.assert_close(a, b)
@@ -113,7 +113,7 @@ def test_online_ewc_with_gamma_one_accumulates_the_summed_fisher_anchored_at_the
 def test_online_ewc_decays_the_running_fisher_once_per_task():
     online = OnlineEWC(strength=2.0, gamma=0.5)
     history = consolidate_tasks(online, 3)
-    ((precision, anchor),) = online.penalty.terms
+    precision = online.accumulated_fisher()
     for i, got in enumerate(precision):
         f = [fisher[i] for _, fisher in history]
         torch.testing.assert_close(got, 0.25 * f[0] + 0.5 * f[1] + f[2])
@@ -152,5 +152,27 @@ def test_penalty_gradient_creates_missing_grads():
     penalty = QuadraticPenalty(strength=2.0)
     penalty.add([torch.ones(3)], [torch.zeros(3)])
     param = torch.full((3,), 2.0, requires_grad=True)
-    penalty.add_gradient([param])
+    penalty.write_gradient([param])
     torch.testing.assert_close(param.grad, torch.full((3,), 4.0))  # λ·F·(θ−θ*) = 2·1·2
+
+
+def test_penalty_gradient_keeps_its_precision_when_theta_is_close_to_the_anchor():
+    """A stiff penalty (λ = 1e9, as in the class-incremental preset) near its anchor: the
+    gradient must match float64 to float32 rounding, not lose digits to cancellation."""
+    anchor = torch.linspace(-0.1, 0.1, 101)
+    params = anchor + 1e-6 * torch.randn(101, generator=torch.Generator().manual_seed(0))
+    fisher = torch.rand(101, generator=torch.Generator().manual_seed(1)) * 1e-4
+    strategy = EWCSum(strength=1e9)
+    strategy.consolidate([anchor], [fisher])
+    (got,) = penalty_gradient(strategy, [params])
+    want = 1e9 * fisher.double() * (params.double() - anchor.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=0)
+
+
+def test_zero_strength_gives_a_zero_gradient_and_logs_no_accumulated_fisher():
+    strategy = EWCSum(strength=0.0)
+    consolidate_tasks(strategy, 2)
+    params = random_tensors(torch.Generator().manual_seed(2))
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in penalty_gradient(strategy, params))
+    assert strategy.penalty_value(params) == 0.0
+    assert strategy.accumulated_fisher() is None

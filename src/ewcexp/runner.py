@@ -480,9 +480,8 @@ class TrainingLoop:
                     if shared
                     else active_cross_entropy(logits, targets[batch], lo[batch], hi[batch])
                 )
-                self.optimizer.zero_grad(set_to_none=False)
+                self.strategy.start_gradient(self.params)  # the penalty's gradient, or zeros
                 loss.backward()
-                self.strategy.add_penalty_gradient(self.params)
                 self.optimizer.step()
                 since += len(batch)
                 if step % self.log_every == 0 or step == steps - 1:

@@ -6,9 +6,10 @@ Every penalty here has the form (convention of Kirkpatrick et al. 2017)
 
 over a list of terms (precision F_k, anchor θ*_k); `c` is a constant kept so that
 merged terms report the same value as the separate ones. Strategies differ only
-in how `consolidate` folds a finished task into those terms. The penalty's
-gradient λ·F·(θ−θ*) is added straight into `.grad` with fused multi-tensor ops,
-so the stored Fishers never enter an autograd graph.
+in how `consolidate` folds a finished task into those terms. Each term is stored as
+its stiffness λ·F_k, so that the gradient λ·F·(θ−θ*) costs two in-place passes per
+parameter; it is written straight into `.grad` before the backward pass, so the stored
+Fishers never enter an autograd graph.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ Tensors = list[Tensor]
 
 
 class QuadraticPenalty:
-    """(λ/2)·Σ_k F_k (θ − θ*_k)² + (λ/2)·c over per-parameter tensor lists."""
+    """(1/2)·Σ_k K_k (θ − θ*_k)² + (1/2)·c over per-parameter tensor lists, with stiffness K = λ·F."""
 
     def __init__(self, strength: float) -> None:
         self.strength = float(strength)
-        self.terms: list[tuple[Tensors, Tensors]] = []  # (precision, anchor) pairs
-        self.constant = 0.0
+        self.terms: list[tuple[Tensors, Tensors]] = []  # (stiffness λ·F, anchor) pairs
+        self.constant = 0.0  # in the units of the stiffness: λ·c
+
+    def stiffness(self, precision: Tensors) -> Tensors:
+        return torch._foreach_mul(precision, self.strength)
 
     def add(self, precision: Tensors, anchor: Tensors) -> None:
         """Keep a new term of its own (memory and step cost grow with the number of terms)."""
-        self.terms.append((precision, anchor))
+        self.terms.append((self.stiffness(precision), anchor))
 
     def merge(self, precision: Tensors, anchor: Tensors) -> None:
         """Fold a term into the single existing one: A(θ−a)² + B(θ−b)² = (A+B)(θ−m)² + AB/(A+B)·(a−b)²,
@@ -39,52 +43,75 @@ class QuadraticPenalty:
         if not self.terms:
             self.add(precision, anchor)
             return
-        (old_precision, old_anchor), merged_precision, merged_anchor = self.terms[0], [], []
-        for a_prec, a, b_prec, b in zip(old_precision, old_anchor, precision, anchor, strict=True):
-            total = a_prec + b_prec
+        (old_stiffness, old_anchor), merged_stiffness, merged_anchor = self.terms[0], [], []
+        new_stiffness = self.stiffness(precision)
+        for a_k, a, b_k, b in zip(old_stiffness, old_anchor, new_stiffness, anchor, strict=True):
+            total = a_k + b_k
             has_weight = total > 0
             safe_total = torch.where(has_weight, total, torch.ones_like(total))
-            merged_anchor.append(torch.where(has_weight, (a_prec * a + b_prec * b) / safe_total, b))
-            self.constant += float((a_prec * b_prec / safe_total * (a - b) ** 2).sum())
-            merged_precision.append(total)
-        self.terms = [(merged_precision, merged_anchor)]
+            merged_anchor.append(torch.where(has_weight, (a_k * a + b_k * b) / safe_total, b))
+            self.constant += float((a_k * b_k / safe_total * (a - b) ** 2).sum())
+            merged_stiffness.append(total)
+        self.terms = [(merged_stiffness, merged_anchor)]
 
-    def replace(self, precision: Tensors, anchor: Tensors) -> None:
-        """Drop every term and keep only this one (no constant)."""
-        self.terms, self.constant = [(precision, anchor)], 0.0
+    def replace(self, precision: Tensors, anchor: Tensors, decay: float = 0.0) -> None:
+        """Keep one term only, at `anchor`, with stiffness λ·precision plus `decay` times the
+        current one (online EWC's running Fisher; 0 forgets it). No constant."""
+        stiffness = self.stiffness(precision)
+        if self.terms and decay:
+            torch._foreach_add_(stiffness, self.terms[0][0], alpha=decay)
+        self.terms, self.constant = [(stiffness, anchor)], 0.0
+
+    def precision(self) -> Tensors | None:
+        """The single term's F (the stiffness over λ), for logging; None without one or at λ = 0."""
+        if len(self.terms) != 1 or self.strength == 0:
+            return None
+        return torch._foreach_div(self.terms[0][0], self.strength)
 
     def state_dict(self) -> dict[str, object]:
         return {
-            "terms": [[list(precision), list(anchor)] for precision, anchor in self.terms],
+            "terms": [[list(stiffness), list(anchor)] for stiffness, anchor in self.terms],
             "constant": self.constant,
         }
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self.terms = [(list(precision), list(anchor)) for precision, anchor in state["terms"]]
+        self.terms = [(list(stiffness), list(anchor)) for stiffness, anchor in state["terms"]]
         self.constant = float(state["constant"])
 
     @torch.no_grad()
     def value(self, params: Tensors) -> float:
         total = self.constant
-        for precision, anchor in self.terms:
+        for stiffness, anchor in self.terms:
             diffs = torch._foreach_sub(params, anchor)
             torch._foreach_mul_(diffs, diffs)
             total += sum(
-                float(torch.dot(d.flatten(), f.flatten()))
-                for d, f in zip(diffs, precision, strict=True)
+                float(torch.dot(d.flatten(), k.flatten()))
+                for d, k in zip(diffs, stiffness, strict=True)
             )
-        return 0.5 * self.strength * total
+        return 0.5 * total
 
     @torch.no_grad()
-    def add_gradient(self, params: Tensors) -> None:
-        """grad += λ · F · (θ − θ*) for every term, as a handful of fused ops per term."""
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        for precision, anchor in self.terms:
-            diffs = torch._foreach_sub(params, anchor)
-            torch._foreach_addcmul_(grads, precision, diffs, value=self.strength)
+    def write_gradient(self, params: Tensors) -> None:
+        """Overwrite each `.grad` with Σ_k K_k·(θ − θ*_k), before the backward pass, which then
+        adds the loss's gradient on top. Writing instead of adding saves the zeroing pass and,
+        for the first term, any temporary; θ − θ* is formed first, so nothing cancels."""
+        grads = gradient_buffers(params)
+        if not self.terms:
+            torch._foreach_zero_(grads)
+            return
+        (stiffness, anchor), *others = self.terms
+        for grad, param, k, a in zip(grads, params, stiffness, anchor, strict=True):
+            torch.sub(param, a, out=grad).mul_(k)
+        for stiffness, anchor in others:
+            torch._foreach_addcmul_(grads, stiffness, torch._foreach_sub(params, anchor))
+
+
+def gradient_buffers(params: Tensors) -> Tensors:
+    """Each parameter's `.grad`, created as zeros where missing, to be written in place."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return [p.grad for p in params]
 
 
 def snapshot(params: Tensors) -> Tensors:
@@ -106,9 +133,13 @@ class Finetune:
     def consolidate(self, params: Tensors, fisher: Tensors | None) -> None:
         """Fold the task just finished (parameters θ*, Fisher F) into the penalty."""
 
-    def add_penalty_gradient(self, params: Tensors) -> None:
-        if self.penalty is not None:
-            self.penalty.add_gradient(params)
+    def start_gradient(self, params: Tensors) -> None:
+        """Set `.grad` to the penalty's gradient (zero without one), for `loss.backward()` to add to:
+        the optimizer's `zero_grad` and the penalty in one pass over the gradients."""
+        if self.penalty is None:
+            torch._foreach_zero_(gradient_buffers(params))
+        else:
+            self.penalty.write_gradient(params)
 
     def penalty_value(self, params: Tensors) -> float:
         return 0.0 if self.penalty is None else self.penalty.value(params)
@@ -159,7 +190,7 @@ class EWCSum(EWC):
         self.penalty.merge(fisher, snapshot(params))
 
     def accumulated_fisher(self) -> Tensors | None:
-        return self.penalty.terms[0][0] if self.penalty.terms else None
+        return self.penalty.precision()
 
 
 class L2(EWCSum):
@@ -186,10 +217,7 @@ class OnlineEWC(EWC):
         self.gamma = float(gamma)
 
     def consolidate(self, params: Tensors, fisher: Tensors | None) -> None:
-        if self.penalty.terms:
-            running = torch._foreach_mul(self.penalty.terms[0][0], self.gamma)
-            fisher = torch._foreach_add(running, fisher)
-        self.penalty.replace(fisher, snapshot(params))
+        self.penalty.replace(fisher, snapshot(params), decay=self.gamma)
 
     def accumulated_fisher(self) -> Tensors | None:
-        return self.penalty.terms[0][0] if self.penalty.terms else None
+        return self.penalty.precision()

@@ -1,0 +1,39 @@
+"""The benchmark scripts run as a user runs them (tiny sizes; timings are not checked)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("script", "args", "rows"),
+    [
+        ("penalty.py", ["--tasks", "2", "--steps", "2", "--repeats", "1"], 5),
+        ("epoch.py", ["--samples", "512", "--repeats", "1"], 3),
+        (
+            "fisher.py",
+            ["--samples", "256", "--cnn-samples", "64", "--loop-samples", "16", "--repeats", "1"],
+            18,
+        ),
+    ],
+)
+def test_benchmark_prints_its_table(script, args, rows):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    headers = {i - 1 for i, line in enumerate(lines) if line.startswith("|-")}
+    body = [line for i, line in enumerate(lines) if line.startswith("| ") and i not in headers]
+    assert len(body) == rows, done.stdout
+    assert "nan" not in done.stdout
