@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ewcexp.cli import unknown_group_choice
+from ewcexp.cli import unknown_group_choice, unknown_key
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    if error := unknown_group_choice(sys.argv[1:], Path(__file__).parent / "conf"):
+    conf_dir = Path(__file__).parent / "conf"
+    if error := unknown_group_choice(sys.argv[1:], conf_dir) or unknown_key(sys.argv[1:], conf_dir):
         sys.exit(f"error: {error}")
     main()

@@ -19,7 +19,7 @@ from tests.conftest import REPO
         (
             "fisher.py",
             ["--samples", "256", "--cnn-samples", "64", "--loop-samples", "16", "--repeats", "1"],
-            18,
+            21,
         ),
     ],
 )

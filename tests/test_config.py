@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ewcexp.cli import unknown_group_choice
+from ewcexp.cli import unknown_group_choice, unknown_key
 from ewcexp.config import ConfigError, check_config
 from tests.conftest import REPO, compose_config, run_cli
 
@@ -143,8 +143,31 @@ def test_unknown_group_option_is_caught_before_hydra():
     )
 
 
+def test_unknown_key_is_caught_before_hydra_with_the_closest_key():
+    assert unknown_key(["lamda=4"], CONF) == (
+        "lamda=4 is not allowed: the config has no key lamda (did you mean lambda? "
+        "`python run.py --help` lists them; +lamda=... adds a new one)"
+    )
+    assert unknown_key(["-m", "train.iteration=1,2"], CONF).startswith(
+        "train.iteration=1,2 is not allowed: the config has no key train.iteration (did you "
+        "mean train.iterations?"
+    )
+    # keys are looked up with the chosen group options: the CNN has no hidden_sizes
+    assert unknown_key(["model=cnn", "model.hidden_sizes=[8]"], CONF).startswith(
+        "model.hidden_sizes=[8] is not allowed"
+    )
+    assert unknown_key(["model=mlp,cnn", "model.hidden_sizes=[8]"], CONF) is None
+    for fine in (
+        ["lambda=3", "train.iterations=5", "strategy.gamma=0.9", "strategy=online_ewc"],
+        ["experiment=split_mnist_task", "train.eval_batch_size=64"],
+        ["+foo=bar", "hydra.run.dir=x", "hydra/launcher=slurm", "hydra.launcher.timeout_min=5"],
+        ["-cd", "site", "anything=1"],  # a site config may add keys: Hydra decides
+    ):
+        assert unknown_key(fine, CONF) is None, fine
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("override", ["lambda=abc", "strategy=ewcc"])
+@pytest.mark.parametrize("override", ["lambda=abc", "strategy=ewcc", "lamda=4"])
 def test_cli_bad_input_is_one_line_no_traceback_no_results(override, tmp_path: Path):
     import torch
 

@@ -50,7 +50,7 @@ def penalty_gradient(strategy, params):
     for leaf in leaves:
         leaf.grad = torch.full_like(leaf, float("nan"))  # overwritten, never added to
     strategy.start_gradient(leaves)
-    return [leaf.grad for leaf in leaves]
+    return [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
 
 
 def autograd_gradient(params, history, strength):

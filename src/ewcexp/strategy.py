@@ -96,9 +96,6 @@ class QuadraticPenalty:
         adds the loss's gradient on top. Writing instead of adding saves the zeroing pass and,
         for the first term, any temporary; θ − θ* is formed first, so nothing cancels."""
         grads = gradient_buffers(params)
-        if not self.terms:
-            torch._foreach_zero_(grads)
-            return
         (stiffness, anchor), *others = self.terms
         for grad, param, k, a in zip(grads, params, stiffness, anchor, strict=True):
             torch.sub(param, a, out=grad).mul_(k)
@@ -107,10 +104,10 @@ class QuadraticPenalty:
 
 
 def gradient_buffers(params: Tensors) -> Tensors:
-    """Each parameter's `.grad`, created as zeros where missing, to be written in place."""
+    """Each parameter's `.grad`, allocated where missing, to be overwritten in place."""
     for p in params:
         if p.grad is None:
-            p.grad = torch.zeros_like(p)
+            p.grad = torch.empty_like(p)
     return [p.grad for p in params]
 
 
@@ -134,10 +131,12 @@ class Finetune:
         """Fold the task just finished (parameters θ*, Fisher F) into the penalty."""
 
     def start_gradient(self, params: Tensors) -> None:
-        """Set `.grad` to the penalty's gradient (zero without one), for `loss.backward()` to add to:
-        the optimizer's `zero_grad` and the penalty in one pass over the gradients."""
-        if self.penalty is None:
-            torch._foreach_zero_(gradient_buffers(params))
+        """Set `.grad` to the penalty's gradient, for `loss.backward()` to add to: the optimizer's
+        `zero_grad` and the penalty in one pass. Without a penalty term, `.grad` is set to None,
+        so the backward pass stores its gradient instead of adding it to zeros (faster)."""
+        if self.penalty is None or not self.penalty.terms:
+            for p in params:
+                p.grad = None
         else:
             self.penalty.write_gradient(params)
 
