@@ -75,6 +75,7 @@ def test_default_config_has_the_documented_keys():
 
 BAD = {
     "lambda=-1": "lambda=-1 is not allowed: expected a number >= 0",
+    "data.validation_size=-5": "data.validation_size=-5 is not allowed: expected an integer >= 0",
     "lambda=abc": "lambda=abc is not allowed: expected a number >= 0",
     "strategy.gamma=1.5": "strategy.gamma=1.5 is not allowed: expected a number in (0, 1]",
     "fisher.estimator=foo": "fisher.estimator=foo is not allowed: expected one of exact, sample",

@@ -275,27 +275,41 @@ def test_split_cifar100_class_order_deals_out_the_given_classes(cifar_root):
     assert sequence.scenario.active(0, seen=1) == slice(0, 20)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
 @pytest.mark.parametrize(
     ("sequence", "dataset", "extra"),
     [
         ("split_cifar10", "cifar10", []),
+        ("split_cifar100", "cifar100", []),
+        ("split_kmnist", "kmnist", []),
+        ("permuted_kmnist", "kmnist", []),
         ("rotated_kmnist", "kmnist", ["task_sequence.angles=random"]),
+        ("rotated_mnist", "mnist", []),
+        ("rotated_fashion_mnist", "fashion_mnist", []),
     ],
 )
-def test_new_sequences_train_end_to_end(tmp_path, cifar_root, sequence, dataset, extra):
+def test_new_sequences_train_end_to_end(
+    tmp_path, data_root, cifar_root, sequence, dataset, extra, scenario
+):
+    """The sequences not trained in test_runs.py, in every scenario, through the runner."""
+    root = data_root if dataset in ("mnist", "fashion_mnist") else cifar_root
     cfg = compose_config(
         *TINY,
         "train.iterations=10",
-        "strategy=finetune",
+        "strategy=ewc_sum",
+        "fisher.num_samples=32",
         f"task_sequence={sequence}",
-        f"data.root={cifar_root}",
+        f"task_sequence.scenario={scenario}",
+        f"data.root={root}",
         *extra,
     )
     check_config(cfg)
     results = run_experiment(cfg, tmp_path)
     assert len(results["acc_matrix"]) == 3
+    assert results["scenario"] == scenario
     assert results["config"]["task_sequence"]["dataset"] == dataset
-    assert results["data_source"] == f"torchvision:{cifar_root}"
+    assert results["data_source"] == f"torchvision:{root}"
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 import ewcexp.data
 from ewcexp.config import check_config
@@ -174,3 +175,28 @@ def test_cnn_trains_with_a_per_sample_fisher(tmp_path, data_root):
         base=[o for o in TINY if not o.startswith("model.")],
     )
     assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.65
+
+
+def test_validation_size_holds_out_training_images_in_the_test_sets_place(data_root):
+    data = ewcexp.data.load_images("mnist", data_root, download=False, allow_fallback=False)
+    held = ewcexp.data.hold_out_validation(data, 100)
+    assert (len(held.train_labels), len(held.test_labels)) == (300, 100)
+    # together, the two parts are the training set
+    together = torch.cat([held.train_images, held.test_images]).flatten(1)
+    assert torch.equal(together.unique(dim=0), data.train_images.flatten(1).unique(dim=0))
+    assert not torch.equal(held.test_images, data.test_images[:100])
+    # the same split for every run, whatever its seed
+    torch.manual_seed(123)
+    assert torch.equal(ewcexp.data.hold_out_validation(data, 100).test_labels, held.test_labels)
+    assert "validation: 100 held-out training images" in held.source
+
+
+def test_a_run_on_the_validation_split_says_so_and_differs(tmp_path, data_root):
+    on_test = experiment(tmp_path / "test", data_root, "strategy=finetune")
+    on_validation = experiment(
+        tmp_path / "validation", data_root, "strategy=finetune", "data.validation_size=60"
+    )
+    assert on_validation["data_source"].endswith("(validation: 60 held-out training images)")
+    assert on_validation["acc_matrix"] != on_test["acc_matrix"]
+    with pytest.raises(ewcexp.data.DataUnavailable, match=r"^data.validation_size=400 is not"):
+        experiment(tmp_path / "all", data_root, "data.validation_size=400")

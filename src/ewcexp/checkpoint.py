@@ -15,7 +15,15 @@ import torch
 
 FILENAME = "checkpoint.pt"
 # keys that do not change what a run computes: they may differ between a run and its resumption
-IGNORED_KEYS = ("logger", "resume", "data", "train.log_every", "hparams_search")
+IGNORED_KEYS = (
+    "logger",
+    "resume",
+    "data.root",
+    "data.download",
+    "data.allow_fallback",
+    "train.log_every",
+    "hparams_search",
+)
 
 
 class CheckpointMismatch(RuntimeError):

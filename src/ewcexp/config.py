@@ -73,6 +73,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "device.type": _one_of(DEVICES),
     "resume": BOOLEAN,
     "data.download": BOOLEAN,
+    "data.validation_size": _int_at_least(0),
     "data.allow_fallback": BOOLEAN,
 }
 

@@ -65,9 +65,39 @@ def default_root() -> Path:
 
 
 def load_images(
-    name: str, root: str | Path, download: bool = True, allow_fallback: bool = True
+    name: str,
+    root: str | Path,
+    download: bool = True,
+    allow_fallback: bool = True,
+    validation_size: int = 0,
 ) -> ImageData:
-    """Load dataset `name` from `root` (torchvision's layout), downloading or falling back as allowed."""
+    """Load dataset `name` from `root` (torchvision's layout), downloading or falling back as
+    allowed; with `validation_size`, evaluate on that many held-out training images instead."""
+    data = _load(name, root, download, allow_fallback)
+    return hold_out_validation(data, validation_size) if validation_size else data
+
+
+def hold_out_validation(data: ImageData, size: int) -> ImageData:
+    """Training images split into training and validation, the validation part in the test
+    set's place, so λ can be chosen without looking at the test set. The split is the same
+    for every run (fixed seed), whatever the run's seed: a sweep's runs compare on one set."""
+    if size >= len(data.train_labels):
+        raise DataUnavailable(
+            f"data.validation_size={size} is not allowed: {data.source} has only "
+            f"{len(data.train_labels)} training images"
+        )
+    order = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))
+    held, kept = order[:size].sort().values, order[size:].sort().values
+    return ImageData(
+        data.train_images[kept],
+        data.train_labels[kept],
+        data.train_images[held],
+        data.train_labels[held],
+        f"{data.source} (validation: {size} held-out training images)",
+    )
+
+
+def _load(name: str, root: str | Path, download: bool, allow_fallback: bool) -> ImageData:
     root = Path(root).expanduser()
     dataset_class = _dataset_class(name)
     folder, files = expected_files(dataset_class, root)
