@@ -95,6 +95,7 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, data_root, unint
     import torch
 
     run_dir = tmp_path / "run"  # where run_cli puts its run
+    earlier_wall_s = 0.0
     for where, when, signum, (tasks_done, task_steps) in INTERRUPTIONS:
         stopped = killed_run(where, when, run_dir, data_root, signum, "logger=wandb")
         expected = -signal.SIGKILL if signum == signal.SIGKILL else 128 + signum
@@ -103,10 +104,13 @@ def test_interrupted_run_resumes_to_identical_results(tmp_path, data_root, unint
         saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         assert (saved["tasks_done"], saved["task_steps"]) == (tasks_done, task_steps)
         assert ("optimizer" in saved) == (task_steps > 0)
+        assert saved["record"]["wall_s"] >= earlier_wall_s  # the time adds up over processes
+        earlier_wall_s = saved["record"]["wall_s"]
     resumed = run_cli(*ARGS, "logger=wandb", cwd=tmp_path, data_root=data_root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming after task 3/4" in resumed.stdout + resumed.stderr
     assert metrics(run_dir) == uninterrupted
+    assert json.loads((run_dir / "results.json").read_text())["wall_time_s"] > earlier_wall_s
     # every process logged to the same W&B run: one id, reopened with resume="allow"
     run_ids = {path.name.rsplit("-", 1)[-1] for path in (run_dir / "wandb").glob("offline-run-*")}
     assert len(run_ids) == 1

@@ -83,6 +83,8 @@ class Record:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     fisher_stats: list[dict[str, Any]] = field(default_factory=list)
     fisher_histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
+    started: float = field(default_factory=time.perf_counter)  # this process
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -90,10 +92,15 @@ class Record:
             "seconds": self.seconds,
             "fisher_stats": self.fisher_stats,
             "fisher_histograms": self.fisher_histograms,
+            "wall_s": self.earlier_wall_s + time.perf_counter() - self.started,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.acc, self.seconds = state["acc"], state["seconds"]
+        self.acc, self.seconds, self.earlier_wall_s = (
+            state["acc"],
+            state["seconds"],
+            state["wall_s"],
+        )
         self.fisher_stats, self.fisher_histograms = (
             state["fisher_stats"],
             state["fisher_histograms"],
@@ -356,7 +363,7 @@ def summarize(
         "forgetting": forgetting(acc, last),
         "per_task": [task_metrics(acc, t) for t in range(len(acc))],  # as logged after each task
         "data_source": sequence.source,
-        "wall_time_s": time.perf_counter() - started,
+        "wall_time_s": record.earlier_wall_s + time.perf_counter() - started,
         "phase_time_s": record.seconds,
         "fisher": record.fisher_stats,
         "config": config,
