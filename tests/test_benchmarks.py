@@ -14,7 +14,7 @@ from tests.conftest import REPO
 @pytest.mark.parametrize(
     ("script", "args", "rows"),
     [
-        ("penalty.py", ["--tasks", "2", "--steps", "2", "--repeats", "1"], 5),
+        ("penalty.py", ["--tasks", "2", "--steps", "2", "--repeats", "1"], 6),
         ("epoch.py", ["--samples", "512", "--repeats", "1"], 3),
         (
             "fisher.py",
