@@ -11,7 +11,7 @@ from ewcexp.config import ConfigError, check_config
 from tests.conftest import REPO, compose_config, run_cli
 
 CONF = REPO / "conf"
-GROUPS = ["task_sequence", "model", "strategy", "optimizer", "device"]
+GROUPS = ["task_sequence", "model", "strategy", "fisher", "optimizer", "device"]
 
 
 @pytest.mark.parametrize(
@@ -182,3 +182,17 @@ def test_cli_bad_input_is_one_line_no_traceback_no_results(override, tmp_path: P
     assert "Traceback" not in done.stdout + done.stderr
     assert not list(tmp_path.rglob("results.json"))
     assert "task 1/" not in done.stdout + done.stderr  # no training started
+
+
+@pytest.mark.parametrize("estimator", ["exact", "sample", "empirical", "batched"])
+def test_fisher_group_picks_the_estimator_and_keeps_the_shared_defaults(estimator):
+    cfg = compose_config(f"fisher={estimator}")
+    assert (cfg.fisher.estimator, cfg.fisher.num_samples, cfg.fisher.batch_size) == (
+        estimator,
+        -1,
+        256,
+    )
+    # the key still works alone, and the command line's choice wins over a preset's
+    assert compose_config(f"fisher.estimator={estimator}").fisher.estimator == estimator
+    preset = compose_config(f"fisher={estimator}", "experiment=split_mnist_task")
+    assert preset.fisher.estimator == estimator
