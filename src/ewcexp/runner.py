@@ -487,7 +487,7 @@ class TrainingLoop:
                     if shared
                     else active_cross_entropy(logits, targets[batch], lo[batch], hi[batch])
                 )
-                self.strategy.start_gradient(self.params)  # the penalty's gradient, or zeros
+                self.strategy.start_gradient(self.params)  # the penalty's gradient, or None
                 loss.backward()
                 self.optimizer.step()
                 since += len(batch)
