@@ -20,9 +20,9 @@ from ewcexp.data import ImageData
 from ewcexp.logger import NoLogger
 from ewcexp.model import MLP
 from ewcexp.preemption import StopRequest
-from ewcexp.runner import TrainingLoop, training_set
-from ewcexp.strategy import Finetune
+from ewcexp.strategy.baselines import Finetune
 from ewcexp.task_sequence import PermutedSequence
+from ewcexp.training import TrainingLoop, training_set
 
 BATCH = 128
 
@@ -78,7 +78,7 @@ def main() -> None:
             [
                 ["minimal hand-written loop", f"{minimal:.2f}", "1.00"],
                 [
-                    "project runner (ewcexp.runner.TrainingLoop)",
+                    "project runner (ewcexp.training.TrainingLoop)",
                     f"{runner:.2f}",
                     f"{runner / minimal:.3f}",
                 ],

@@ -85,6 +85,7 @@ def measure(model, images, labels, repeats: int, loop_samples: int) -> list[list
                 labels,
                 estimator=e,
                 active=slice(0, CLASSES),
+                chunk_size=BATCH,
                 batch_size=BATCH,
                 generator=torch.Generator().manual_seed(0),
             ),

@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from common import machine, median_seconds, mnist_like, table
 
 from ewcexp.model import MLP
-from ewcexp.strategy import EWC, L2, EWCSum, Finetune, OnlineEWC, gradient_buffers
+from ewcexp.strategy.base import Strategy
+from ewcexp.strategy.baselines import Finetune
+from ewcexp.strategy.ewc import EWC, L2, EWCSum, OnlineEWC
+from ewcexp.strategy.penalty import gradient_buffers
 
 STRATEGIES = {"ewc": EWC, "ewc_sum": EWCSum, "online_ewc": OnlineEWC, "l2": L2}
 
@@ -28,15 +31,15 @@ class ZeroingFinetune(Finetune):
     """Fine-tuning that zeroes `.grad` instead of leaving it None: the backward pass then adds
     its gradient to something, as it must when a penalty's gradient is already there."""
 
-    def start_gradient(self, params: list[torch.Tensor]) -> None:
+    def write_penalty_gradient(self, params: list[torch.Tensor]) -> None:
         torch._foreach_zero_(gradient_buffers(params))
 
 
-def stored_tensors(strategy: Finetune) -> list[torch.Tensor]:
+def stored_tensors(strategy: Strategy) -> list[torch.Tensor]:
     """Every tensor the penalty keeps (stiffnesses and anchors)."""
     if strategy.penalty is None:
         return []
-    return [t for term in strategy.penalty.terms for part in term for t in part]
+    return [t for term in strategy.penalty.terms for t in term.stiffness + term.anchor]
 
 
 def read_once_ms(tensors: list[torch.Tensor], repeats: int) -> float:
@@ -53,7 +56,8 @@ def compare_compiled(params: list[torch.Tensor], repeats: int) -> str:
         [p.detach() + 0.01 * torch.randn_like(p) for p in params],
         [torch.rand_like(p) for p in params],
     )
-    (stiffness, anchor), grads = strategy.penalty.terms[0], [torch.empty_like(p) for p in params]
+    (term,), grads = strategy.penalty.terms, [torch.empty_like(p) for p in params]
+    stiffness, anchor = term.stiffness, term.anchor
 
     @torch.compile(fullgraph=True, dynamic=False)
     def fused(grads, params, anchor, stiffness):
@@ -95,16 +99,17 @@ def main() -> None:
     images, labels = mnist_like(128 * args.steps)
     batches = list(zip(images.split(128), labels.split(128), strict=True))
 
-    def block_ms(strategy: Finetune) -> float:
+    def block_ms(strategy: Strategy) -> float:
         start = time.perf_counter()
         for x, y in batches:
             loss = F.cross_entropy(model(x), y)
-            strategy.start_gradient(params)
+            strategy.write_penalty_gradient(params)
             loss.backward()
             optimizer.step()
+            strategy.after_step(params)
         return (time.perf_counter() - start) / args.steps * 1e3
 
-    def paired(strategy: Finetune) -> tuple[float, float, float]:
+    def paired(strategy: Strategy) -> tuple[float, float, float]:
         """Median step times of `strategy` and of fine-tuning, timed in alternating blocks,
         and the median of the per-pair ratios (the machine's drift cancels within a pair)."""
         block_ms(strategy)  # warm-up

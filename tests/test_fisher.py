@@ -115,7 +115,8 @@ def test_estimator_equals_definition(estimator, name, active):
         labels,
         estimator=estimator,
         active=active,
-        batch_size=64 if estimator == "sample" else 5,
+        chunk_size=64 if estimator == "sample" else 5,
+        batch_size=5,
         generator=torch.Generator().manual_seed(7),
     )
     slow = brute_force_fisher(
@@ -155,10 +156,10 @@ def test_chunking_does_not_change_per_sample_estimates():
     model, _ = models()["mlp (closed form)"]
     images, labels = torch.randn(50, 6), torch.randint(0, 5, (50,))
     whole = estimate_fisher(
-        model, images, labels, estimator="exact", active=slice(0, 5), batch_size=50
+        model, images, labels, estimator="exact", active=slice(0, 5), chunk_size=50
     )
     chunked = estimate_fisher(
-        model, images, labels, estimator="exact", active=slice(0, 5), batch_size=7
+        model, images, labels, estimator="exact", active=slice(0, 5), chunk_size=7
     )
     for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)

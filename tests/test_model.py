@@ -79,7 +79,7 @@ def test_fisher_equals_definition(estimator):
         labels,
         estimator=estimator,
         active=slice(0, 5),
-        batch_size=64 if estimator == "sample" else 4,  # one chunk: the same draws as below
+        chunk_size=64 if estimator == "sample" else 4,  # one chunk: the same draws as below
         generator=torch.Generator().manual_seed(7),
     )
     slow = brute_force_fisher(
@@ -100,7 +100,7 @@ def test_fisher_leaves_mode_and_batchnorm_statistics_alone(training):
         torch.randint(0, 5, (6,)),
         estimator="empirical",  # every estimator runs the same passes; this one runs fewest
         active=slice(0, 5),
-        batch_size=4,
+        chunk_size=4,
     )
     assert model.training == training
     assert all(m.training == training for m in model.modules())

@@ -21,20 +21,22 @@ ARGS = [
     "fisher.num_samples=200",
 ]
 
-# Runs run.py in this process, with one function of the runner wrapped so that its n-th call
+# Runs run.py in this process, with one function (module.name) wrapped so that its n-th call
 # sends the process a signal: SIGKILL (no handler, no cleanup: as a node failure would) or
 # SLURM's warnings before a time limit or preemption.
 KILLER = """
 import os, signal, sys, runpy
-import ewcexp.runner as runner
-name, when, signum = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
-original, calls = getattr(runner, name), [0]
+import importlib
+where, when, signum = sys.argv[1], int(sys.argv[2]), getattr(signal, sys.argv[3])
+module_name, name = where.rsplit(".", 1)
+module = importlib.import_module(module_name)
+original, calls = getattr(module, name), [0]
 def wrapped(*args, **kwargs):
     calls[0] += 1
     if calls[0] == when:
         os.kill(os.getpid(), signum)
     return original(*args, **kwargs)
-setattr(runner, name, wrapped)
+setattr(module, name, wrapped)
 sys.argv = [sys.argv[4], *sys.argv[5:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -82,10 +84,10 @@ def uninterrupted(tmp_path_factory, data_root) -> dict:
 # (what interrupts it, at which call of which runner function, the checkpoint it leaves:
 # tasks done and steps of the next task done), one after another on the same run directory
 INTERRUPTIONS = [
-    ("estimate_fisher", 2, signal.SIGKILL, (1, 0)),  # node failure during task 2's Fisher
-    ("active_cross_entropy", 30 + 10, signal.SIGTERM, (2, 10)),  # preempted mid-task 3
-    ("active_cross_entropy", 10, signal.SIGKILL, (2, 10)),  # killed after that mid-task save
-    ("estimate_fisher", 1, signal.SIGUSR2, (3, 0)),  # time limit warning during a Fisher
+    ("ewcexp.fisher.estimate_fisher", 2, signal.SIGKILL, (1, 0)),  # node failure, task 2's Fisher
+    ("ewcexp.training.active_cross_entropy", 40, signal.SIGTERM, (2, 10)),  # preempted mid-task 3
+    ("ewcexp.training.active_cross_entropy", 10, signal.SIGKILL, (2, 10)),  # after that save
+    ("ewcexp.fisher.estimate_fisher", 1, signal.SIGUSR2, (3, 0)),  # time limit during a Fisher
 ]
 
 

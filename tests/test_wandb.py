@@ -78,7 +78,7 @@ def test_offline_runs_of_a_multirun_hold_what_results_json_holds(tmp_path, data_
     assert [row[1:] for row in table["data"]] == results["acc_matrix"]
     (run,) = [r["run"] for r in records if r["type"] == "run"]
     config = run["config"].get("update", run["config"])
-    assert config["strategy"]["_target_"] == "ewcexp.strategy.OnlineEWC"
+    assert config["strategy"]["_target_"] == "ewcexp.strategy.ewc.OnlineEWC"
     assert config["lambda"] == results["lambda"] and config["data"]["root"] == str(data_root)
     for png in ("accuracy_matrix", "accuracy_curves", "fisher_task1", "fisher_accumulated_task3"):
         assert (job / f"{png}.png").stat().st_size > 1000
@@ -88,7 +88,7 @@ def assert_runs_are_separate_and_grouped(jobs: list[Path]) -> None:
     runs = [next(r["run"] for r in read_wandb_run(job) if r["type"] == "run") for job in jobs]
     assert len(runs) == 2 and runs[0]["run_id"] != runs[1]["run_id"]
     targets = [run["config"].get("update", run["config"])["strategy"]["_target_"] for run in runs]
-    assert targets == ["ewcexp.strategy.OnlineEWC", "ewcexp.strategy.L2"]
+    assert targets == ["ewcexp.strategy.ewc.OnlineEWC", "ewcexp.strategy.ewc.L2"]
     assert runs[0]["run_group"] == runs[1]["run_group"]
     assert runs[0]["run_group"].startswith("multirun-")
     assert (

@@ -31,8 +31,9 @@ def unknown_key(overrides: Sequence[str], conf_dir: Path) -> str | None:
     """The error for a `key=value` override naming a key the config does not have, or None.
 
     Keys are looked up in the config composed with the overrides' group choices (the first of
-    a sweep), so `model.hidden_sizes` is known with the MLP only. `+key=`, `hydra.*` and any
-    override Hydra's own config dirs (`-cd`) could change are left to Hydra."""
+    a sweep), so `model.hidden_sizes` is known with the MLP only. `+key=` (refused later by
+    `config.check_config`, as every undeclared key), `hydra.*` and any override Hydra's own
+    config dirs (`-cd`) could change are left to Hydra."""
     if any(arg in ("-cd", "--config-dir") or arg.startswith("--config-dir=") for arg in overrides):
         return None
     keys, groups = [], []
@@ -62,7 +63,7 @@ def unknown_key(overrides: Sequence[str], conf_dir: Path) -> str | None:
             hint = f"did you mean {close[0]}? " if close else ""
             return (
                 f"{key}={value} is not allowed: the config has no key {key} ({hint}"
-                f"`python run.py --help` lists them; +{key}=... adds a new one)"
+                "`python run.py --help` lists them)"
             )
     return None
 

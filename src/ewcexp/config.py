@@ -1,114 +1,111 @@
 """Checks on the composed config, run before any data is loaded or any training starts.
 
-Each failure is one line naming the key, the value given and what is allowed.
+Each key is declared once, as a typed parameter of the callable its node's `_target_` names
+(see `schema`); the top-level keys are declared in `runner.TOP_LEVEL_KEYS`. A key without a
+declaration is refused like a bad value. Each failure is one line naming the key, the value
+given and what is allowed. A component may add checks that span several of its keys (or the
+machine) as a static method `check_arguments(path, **keys)` returning the line or None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ewcexp.data import NUM_CLASSES
-from ewcexp.device import DEVICES, unavailable_reason
-from ewcexp.fisher import ESTIMATORS
-from ewcexp.task_sequence import ANGLE_SPACINGS, SCENARIOS
+from ewcexp.schema import allowed
+
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
 class ConfigError(ValueError):
     """A config value that is not allowed; the message is the whole explanation."""
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _int_at_least(minimum: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_int(v) and v >= minimum), f"an integer >= {minimum}"
-
-
-def _one_of(options: Sequence[str]) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in options), "one of " + ", ".join(options)
-
-
-BOOLEAN = (lambda v: isinstance(v, bool)), "true or false"
-
-# key -> (test, what is allowed); keys absent from the config are skipped
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": _int_at_least(0),
-    "lambda": ((lambda v: _is_number(v) and v >= 0), "a number >= 0 (the penalty strength λ)"),
-    "fisher.estimator": _one_of(ESTIMATORS),
-    "fisher.num_samples": (
-        (lambda v: _is_int(v) and (v == -1 or v >= 1)),
-        "-1 (all) or an integer >= 1",
-    ),
-    "fisher.batch_size": _int_at_least(1),
-    "train.epochs": _int_at_least(1),
-    "train.iterations": (
-        (lambda v: v is None or (_is_int(v) and v >= 1)),
-        "null or an integer >= 1",
-    ),
-    "train.batch_size": _int_at_least(1),
-    "train.eval_batch_size": _int_at_least(1),
-    "optimizer.lr": ((lambda v: _is_number(v) and v > 0), "a number > 0"),
-    "model.hidden_sizes": (
-        (lambda v: isinstance(v, ListConfig) and all(_is_int(h) and h >= 1 for h in v)),
-        "a list of integers >= 1, e.g. [400,400]",
-    ),
-    "task_sequence.dataset": _one_of(tuple(NUM_CLASSES)),
-    "task_sequence.num_tasks": _int_at_least(1),
-    "task_sequence.scenario": _one_of(SCENARIOS),
-    "task_sequence.classes_per_task": _int_at_least(1),
-    "task_sequence.max_angle": (
-        (lambda v: _is_number(v) and 0 < v <= 360),
-        "a number of degrees in (0, 360]",
-    ),
-    "task_sequence.angles": _one_of(ANGLE_SPACINGS),
-    "strategy.gamma": ((lambda v: _is_number(v) and 0 < v <= 1), "a number in (0, 1]"),
-    "device.type": _one_of(DEVICES),
-    "resume": BOOLEAN,
-    "data.download": BOOLEAN,
-    "data.validation_size": _int_at_least(0),
-    "data.allow_fallback": BOOLEAN,
-}
-
-
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     if isinstance(value, DictConfig | ListConfig):
         value = OmegaConf.to_container(value)
-    return "null" if value is None else str(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@functools.cache
+def declared_keys(target: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The callable `target` names and the type hint of each of its parameters."""
+    from hydra.utils import get_object
+
+    built = get_object(target)
+    function = built.__init__ if inspect.isclass(built) else built
+    hints = get_type_hints(function, include_extras=True)
+    names = inspect.signature(built).parameters
+    return built, {name: hints.get(name) for name in names}
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value that is not allowed."""
-    for key, (test, allowed) in RULES.items():
-        value = OmegaConf.select(cfg, key, default="<absent>")
-        if isinstance(value, str) and value == "<absent>":
-            continue
-        if not test(value):
-            raise ConfigError(f"{key}={_show(value)} is not allowed: expected {allowed}")
+    """Raise ConfigError for the first key that is undeclared or whose value is not allowed."""
+    from ewcexp.runner import TOP_LEVEL_KEYS
 
-    sequence = cfg.task_sequence
-    if "classes_per_task" in sequence:
-        total = NUM_CLASSES[sequence.dataset]
-        most = total // sequence.classes_per_task
-        if sequence.num_tasks > most:
-            raise ConfigError(
-                f"task_sequence.num_tasks={sequence.num_tasks} is not allowed: {sequence.dataset} "
-                f"has {total} classes, so with classes_per_task={sequence.classes_per_task} "
-                f"at most {most} tasks"
+    sections = [key for key in cfg if isinstance(cfg[key], DictConfig)]
+    for key in cfg:  # first: components interpolate some of them (`strength: ${lambda}`)
+        if key in sections:
+            continue
+        if key not in TOP_LEVEL_KEYS:
+            raise undeclared(
+                str(key), cfg[key], f"the top-level keys are {', '.join(TOP_LEVEL_KEYS)}"
             )
-        order = sequence.get("class_order")
-        if order is not None and sorted(order) != list(range(total)):
-            raise ConfigError(
-                f"task_sequence.class_order={_show(order)} is not allowed: expected null or "
-                f"a permutation of 0..{total - 1}"
-            )
-    reason = unavailable_reason(cfg.device.type)
-    if reason:
-        raise ConfigError(f"device={cfg.device.type} is not allowed: {reason}; use device=cpu")
+        check_value(str(key), cfg[key], TOP_LEVEL_KEYS[key])
+    for key in sections:
+        check_component(str(key), cfg[key])
+
+
+def check_component(path: str, node: DictConfig) -> None:
+    """Every key of a `_target_` node against the parameters of its target, nested ones too."""
+    target = node.get("_target_")
+    if not isinstance(target, str):
+        raise ConfigError(
+            f"{path} is not allowed: a config section needs a _target_ naming the code that "
+            "reads its keys (their types are declared there)"
+        )
+    try:
+        built, parameters = declared_keys(target)
+    except Exception as error:  # noqa: BLE001 - an import error, a typo: one line either way
+        raise ConfigError(f"{path}._target_={target} is not allowed: {error}") from None
+    values = {}
+    for key in node:
+        if key in HYDRA_KEYS:
+            continue
+        if key not in parameters:
+            raise undeclared(f"{path}.{key}", node[key], f"{target} takes {', '.join(parameters)}")
+        if OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            continue  # the node it points to is checked where it is defined
+        if isinstance(node[key], DictConfig):
+            check_component(f"{path}.{key}", node[key])
+            continue
+        declared = parameters[key]
+        if declared is None:
+            raise ConfigError(f"{path}.{key}: {target} does not declare its type")
+        check_value(f"{path}.{key}", node[key], declared)
+        values[key] = (
+            OmegaConf.to_container(node[key]) if isinstance(node[key], ListConfig) else node[key]
+        )
+    check = getattr(built, "check_arguments", None)
+    if check is not None and (message := check(path, **values)):
+        raise ConfigError(message)
+
+
+def check_value(path: str, value: Any, declared: Any) -> None:
+    if isinstance(value, ListConfig):
+        value = OmegaConf.to_container(value)
+    test, text = allowed(declared)
+    if not test(value):
+        raise ConfigError(f"{path}={show(value)} is not allowed: expected {text}")
+
+
+def undeclared(path: str, value: Any, known: str) -> ConfigError:
+    return ConfigError(f"{path}={show(value)} is not allowed: there is no such key ({known})")

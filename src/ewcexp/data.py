@@ -24,11 +24,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ewcexp.schema import NonNegativeInt
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ TORCHVISION_CLASSES = {
     "cifar100": "CIFAR100",
 }
 NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
+DatasetName = Literal["mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100"]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -65,11 +68,11 @@ def default_root() -> Path:
 
 
 def load_images(
-    name: str,
-    root: str | Path,
+    name: DatasetName,
+    root: str,
     download: bool = True,
     allow_fallback: bool = True,
-    validation_size: int = 0,
+    validation_size: NonNegativeInt = 0,
 ) -> ImageData:
     """Load dataset `name` from `root` (torchvision's layout), downloading or falling back as
     allowed; with `validation_size`, evaluate on that many held-out training images instead."""

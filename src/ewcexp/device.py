@@ -3,24 +3,37 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-DEVICES = ("cpu", "cuda", "auto")
+from ewcexp.schema import NonNegativeInt
 
 
-def unavailable_reason(kind: str) -> str | None:
-    """Why `kind` cannot be used on this machine, or None if it can."""
-    if kind == "cuda" and not torch.cuda.is_available():
-        return "CUDA is not available on this machine (torch.cuda.is_available() is False)"
-    return None
+@dataclass(frozen=True)
+class Device:
+    """`type`: cpu, cuda, or auto (cuda where available). `gpus_per_node` is what
+    hydra/launcher=slurm asks SLURM for (it reads ${device.gpus_per_node})."""
 
+    type: Literal["cpu", "cuda", "auto"] = "cpu"
+    gpus_per_node: NonNegativeInt | None = None
 
-def resolve_device(kind: str) -> torch.device:
-    """The torch device for `kind`. Inside a SLURM job, CPU work also gets only the CPUs the
-    job was given: torch would otherwise start a thread per core of the shared node."""
-    if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):
-        torch.set_num_threads(int(cpus))
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(kind)
+    @staticmethod
+    def check_arguments(path: str, type: str = "cpu", **_: object) -> str | None:
+        if type == "cuda" and not torch.cuda.is_available():
+            return (
+                f"{path}=cuda is not allowed: CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); use device=cpu"
+            )
+        return None
+
+    def resolve(self) -> torch.device:
+        """The torch device. Inside a SLURM job, CPU work also gets only the CPUs the job was
+        given: torch would otherwise start a thread per core of the shared node."""
+        if cpus := os.environ.get("SLURM_CPUS_PER_TASK"):
+            torch.set_num_threads(int(cpus))
+        kind = self.type
+        if kind == "auto":
+            kind = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(kind)

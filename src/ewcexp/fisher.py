@@ -26,14 +26,52 @@ then, per layer:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-ESTIMATORS = ("exact", "sample", "empirical", "batched")
+from ewcexp.importance import TaskData
+from ewcexp.schema import PositiveInt, Rule
+
+Estimator = Literal["exact", "sample", "empirical", "batched"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 FLOATS_PER_CHUNK = 2**25  # per-sample gradients materialised at once (128 MiB of float32)
+SampleCount = Annotated[
+    int, Rule(lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1", refused=0)
+]
+
+
+@dataclass(frozen=True)
+class Fisher:
+    """The `fisher` config group: the diagonal Fisher of the task just learned, estimated on
+    `num_samples` of its training samples (-1: all) with `estimator`. `chunk_size` bounds the
+    samples the per-sample estimators hold at once (memory only, same result); `batch_size`
+    is the minibatch of `batched`, whose result depends on it."""
+
+    estimator: Estimator = "exact"
+    num_samples: SampleCount = -1
+    chunk_size: PositiveInt = 256
+    batch_size: PositiveInt = 256
+
+    @property
+    def name(self) -> str:
+        return self.estimator
+
+    def __call__(self, model: nn.Module, data: TaskData) -> list[Tensor]:
+        images, labels = data.subset(self.num_samples)
+        return estimate_fisher(
+            model,
+            images,
+            labels,
+            estimator=self.estimator,
+            active=data.active,
+            chunk_size=self.chunk_size,
+            batch_size=self.batch_size,
+            generator=data.generator,
+        )
 
 
 def estimate_fisher(
@@ -43,10 +81,14 @@ def estimate_fisher(
     *,
     estimator: str,
     active: slice,
+    chunk_size: int = 256,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
     """Fisher diagonal, one tensor per trainable parameter, in `model.parameters()` order.
+
+    Per-sample estimators hold at most `chunk_size` samples at once (memory only); `batched`
+    squares the gradients of minibatches of `batch_size` (which changes the result).
 
     `labels` index into the `active` output units. The model is put in eval mode
     (BatchNorm uses its running statistics, which are left untouched) and restored after.
@@ -61,7 +103,7 @@ def estimate_fisher(
         if estimator == "batched":
             return _batched(model, params, images, labels, active, batch_size)
         plan = _plan(model, params, images[:1])
-        chunk = min(batch_size, plan.max_chunk(active.stop - active.start, estimator))
+        chunk = min(chunk_size, plan.max_chunk(active.stop - active.start, estimator))
         for start in range(0, len(images), chunk):
             _add_chunk(
                 model,

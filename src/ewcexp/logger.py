@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class WandbLogger(NoLogger):
 
     def __init__(
         self,
-        mode: str = "offline",
+        mode: Literal["online", "offline", "disabled"] = "offline",
         project: str = "ewcexp",
         entity: str | None = None,
         group: str | None = None,

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ewcexp.schema import PositiveInt
+
 
 def as_float(images: Tensor) -> Tensor:
     """uint8 pixels to [0, 1] floats; float input is taken as already scaled."""
@@ -21,7 +23,7 @@ class MLP(nn.Module):
         self,
         input_shape: Sequence[int],
         out_features: int,
-        hidden_sizes: Sequence[int] = (400, 400),
+        hidden_sizes: list[PositiveInt] = (400, 400),
     ) -> None:
         super().__init__()
         widths = [math.prod(input_shape), *hidden_sizes]
@@ -43,8 +45,8 @@ class CNN(nn.Module):
         self,
         input_shape: Sequence[int],
         out_features: int,
-        channels: Sequence[int] = (32, 64),
-        hidden_size: int = 128,
+        channels: list[PositiveInt] = (32, 64),
+        hidden_size: PositiveInt = 128,
     ) -> None:
         super().__init__()
         in_channels, height, width = (1, *input_shape) if len(input_shape) == 2 else input_shape
@@ -100,7 +102,9 @@ class ResNet18(nn.Module):
     resolution in the stem, unlike ImageNet's 7x7 stride-2 stem and max-pooling.
     Grey images [N, H, W] or [N, C, H, W]."""
 
-    def __init__(self, input_shape: Sequence[int], out_features: int, width: int = 20) -> None:
+    def __init__(
+        self, input_shape: Sequence[int], out_features: int, width: PositiveInt = 20
+    ) -> None:
         super().__init__()
         in_channels = 1 if len(input_shape) == 2 else input_shape[0]
         self.stem = nn.Sequential(

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 
-from ewcexp.data import NUM_CLASSES, ImageData
+from ewcexp.data import NUM_CLASSES, DatasetName, ImageData
+from ewcexp.schema import NonNegativeInt, PositiveInt, Range
 
-SCENARIOS = ("task", "domain", "class")
-ANGLE_SPACINGS = ("even", "random")  # RotatedSequence's `angles`
+ScenarioKind = Literal["task", "domain", "class"]
+AngleSpacing = Literal["even", "random"]  # RotatedSequence's `angles`
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,12 @@ class TaskSequence:
     """A list of tasks over one dataset, with the scenario they are learned in."""
 
     def __init__(
-        self, dataset: str, images: ImageData, num_tasks: int, scenario: str, seed: int
+        self,
+        dataset: DatasetName,
+        images: ImageData,
+        num_tasks: PositiveInt,
+        scenario: ScenarioKind,
+        seed: NonNegativeInt,
     ) -> None:
         self.dataset = dataset  # the name `images` were loaded under
         self.images = images
@@ -155,16 +162,14 @@ class RotatedSequence(TaskSequence):
 
     def __init__(
         self,
-        dataset: str,
+        dataset: DatasetName,
         images: ImageData,
-        num_tasks: int,
-        scenario: str,
-        seed: int,
-        max_angle: float = 180.0,
-        angles: str = "even",
+        num_tasks: PositiveInt,
+        scenario: ScenarioKind,
+        seed: NonNegativeInt,
+        max_angle: Annotated[float, Range(gt=0, le=360, unit="degrees")] = 180.0,
+        angles: AngleSpacing = "even",
     ) -> None:
-        if angles not in ANGLE_SPACINGS:
-            raise ValueError(f"angles={angles!r}: expected one of {', '.join(ANGLE_SPACINGS)}")
         self.classes_per_task = NUM_CLASSES[dataset]
         self.max_angle = max_angle
         self.angles = angles
@@ -194,17 +199,41 @@ class SplitSequence(TaskSequence):
 
     def __init__(
         self,
-        dataset: str,
+        dataset: DatasetName,
         images: ImageData,
-        num_tasks: int,
-        scenario: str,
-        seed: int,
-        classes_per_task: int = 2,
-        class_order: list[int] | None = None,
+        num_tasks: PositiveInt,
+        scenario: ScenarioKind,
+        seed: NonNegativeInt,
+        classes_per_task: PositiveInt = 2,
+        class_order: list[int] | None = None,  # null: 0, 1, 2, ...
     ) -> None:
         self.classes_per_task = classes_per_task
         self.class_order = list(class_order) if class_order is not None else None
         super().__init__(dataset, images, num_tasks, scenario, seed)
+
+    @staticmethod
+    def check_arguments(
+        path: str,
+        dataset: str,
+        num_tasks: int,
+        classes_per_task: int = 2,
+        class_order: list[int] | None = None,
+        **_: object,
+    ) -> str | None:
+        """The tasks must fit in the dataset's classes; an order must be a permutation."""
+        total = NUM_CLASSES[dataset]
+        if num_tasks > total // classes_per_task:
+            return (
+                f"{path}.num_tasks={num_tasks} is not allowed: {dataset} has {total} classes, "
+                f"so with classes_per_task={classes_per_task} at most "
+                f"{total // classes_per_task} tasks"
+            )
+        if class_order is not None and sorted(class_order) != list(range(total)):
+            return (
+                f"{path}.class_order={class_order} is not allowed: expected null or a "
+                f"permutation of 0..{total - 1}"
+            )
+        return None
 
     @cached_property
     def tasks(self) -> list[Task]:

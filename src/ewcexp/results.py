@@ -1,0 +1,144 @@
+"""What a run reports: per-task metrics and importance statistics as it goes, and at the end
+`results.json`, the PNG figures and the printed accuracy matrix."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ewcexp.logger import NoLogger, fisher_histogram, fisher_statistics
+from ewcexp.metrics import average_accuracy, backward_transfer, forgetting
+from ewcexp.run_state import Record
+
+
+def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
+    """The metrics logged after task `after` (0-based): the row R[after][·] as acc/task_1..T,
+    and the averages, BWT and forgetting so far."""
+    row = {f"acc/task_{j + 1}": float(a) for j, a in enumerate(acc[after])}
+    return {
+        **row,
+        "acc/avg_seen": average_accuracy(acc, after),
+        "acc/avg_all": float(acc[after].mean()),
+        "bwt": backward_transfer(acc, after),
+        "forgetting": forgetting(acc, after),
+    }
+
+
+def record_importance(
+    record: Record,
+    logger: NoLogger,
+    task: int,
+    fisher: dict[str, Tensor],
+    accumulated: dict[str, Tensor] | None,
+) -> None:
+    """Statistics to results.json, histograms to the figures, everything to the logger."""
+    record.fisher_stats.append(
+        {
+            "task": task + 1,
+            "per_parameter": {n: fisher_statistics(f) for n, f in fisher.items()},
+            "accumulated": {n: fisher_statistics(f) for n, f in accumulated.items()}
+            if accumulated
+            else None,
+        }
+    )
+
+    def histograms(tensors: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        # tensors, not numpy arrays: checkpoints are read with weights_only=True
+        return {
+            n: tuple(torch.from_numpy(a) for a in fisher_histogram(f)) for n, f in tensors.items()
+        }
+
+    record.fisher_histograms[f"fisher_task{task + 1}"] = histograms(fisher)
+    if accumulated:
+        record.fisher_histograms[f"fisher_accumulated_task{task + 1}"] = histograms(accumulated)
+    logger.log_fisher(task, fisher, accumulated)
+
+
+def summarize(
+    record: Record,
+    strategy_name: str,
+    importance: str | None,
+    config: dict[str, Any],
+    sequence: Any,
+) -> dict[str, Any]:
+    """The contents of results.json."""
+    acc, last = record.acc, len(record.acc) - 1
+    return {
+        "strategy": strategy_name,
+        "lambda": config["lambda"],
+        "seed": config["seed"],
+        "scenario": sequence.scenario.kind,
+        "fisher_estimator": importance,
+        "task_names": [task.name for task in sequence.tasks],
+        "acc_matrix": acc.tolist(),
+        "avg_acc": average_accuracy(acc, last),
+        "avg_acc_seen": [average_accuracy(acc, i) for i in range(len(acc))],
+        "bwt": backward_transfer(acc, last),
+        "forgetting": forgetting(acc, last),
+        "per_task": [task_metrics(acc, t) for t in range(len(acc))],  # as logged after each task
+        "data_source": sequence.source,
+        "wall_time_s": record.wall_s(),
+        "phase_time_s": record.seconds,
+        "fisher": record.fisher_stats,
+        "config": config,
+    }
+
+
+def save_figures(
+    results: dict[str, Any], fisher_histograms: dict[str, dict[str, tuple]], output_dir: Path
+) -> dict[str, Path]:
+    """The run's PNGs: accuracy matrix, accuracy curves, a Fisher histogram per consolidation."""
+    from ewcexp import plots  # matplotlib: imported only once there is something to draw
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{results['strategy']}, λ={results['lambda']}, {results['scenario']}-incremental"
+    figures = {
+        "accuracy_matrix": plots.accuracy_heatmap(
+            results["acc_matrix"], title, output_dir / "accuracy_matrix.png"
+        ),
+        "accuracy_curves": plots.accuracy_curves(
+            results["acc_matrix"], title, output_dir / "accuracy_curves.png"
+        ),
+    }
+    for key, histograms in fisher_histograms.items():
+        figures[key] = plots.fisher_histograms(
+            histograms, f"{title}: {key.replace('_', ' ')}", output_dir / f"{key}.png"
+        )
+    return figures
+
+
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    """Write then rename, so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2))
+    os.replace(partial, path)
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The accuracy matrix (rows: after training task i; columns: task j) and the metrics."""
+    matrix = results["acc_matrix"]
+    header = "after \\ on  " + " ".join(f"{f'T{j + 1}':>6}" for j in range(len(matrix)))
+    lines = [
+        f"Accuracy matrix ({results['strategy']}, λ={results['lambda']}, "
+        f"{results['scenario']}-incremental, data: {results['data_source']})",
+        header,
+    ]
+    for i, row in enumerate(matrix):
+        cells = " ".join(f"{100 * a:6.1f}" if j <= i else f"{'·':>6}" for j, a in enumerate(row))
+        lines.append(f"{f'T{i + 1}':>11} {cells}   ACC {100 * results['avg_acc_seen'][i]:5.1f}")
+
+    def percent(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:+.1f}"
+
+    lines.append(
+        f"average accuracy {100 * results['avg_acc']:.2f} %   BWT {percent(results['bwt'])}"
+        f"   forgetting {percent(results['forgetting'])}   "
+        f"wall time {results['wall_time_s']:.1f} s"
+    )
+    return "\n".join(lines)

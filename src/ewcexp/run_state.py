@@ -1,0 +1,113 @@
+"""The run's state: what learning the sequence has produced so far (`Record`) and everything
+a checkpoint restores so that a resumed run continues exactly as if never stopped (`LoopState`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from ewcexp import checkpoint
+from ewcexp.logger import NoLogger
+from ewcexp.strategy.base import Strategy
+
+PHASES = ("train", "fisher", "eval")
+
+
+@dataclass
+class Record:
+    """What learning the sequence leaves behind, besides the trained model."""
+
+    acc: Tensor  # R[i][j]
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    fisher_stats: list[dict[str, Any]] = field(default_factory=list)
+    fisher_histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
+    started: float = field(default_factory=time.perf_counter)  # this process
+
+    def wall_s(self) -> float:
+        """Seconds spent on this run, over all its processes."""
+        return self.earlier_wall_s + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "acc": self.acc,
+            "seconds": self.seconds,
+            "fisher_stats": self.fisher_stats,
+            "fisher_histograms": self.fisher_histograms,
+            "wall_s": self.wall_s(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.acc, self.seconds, self.earlier_wall_s = (
+            state["acc"],
+            state["seconds"],
+            state["wall_s"],
+        )
+        self.fisher_stats, self.fisher_histograms = (
+            state["fisher_stats"],
+            state["fisher_histograms"],
+        )
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - start
+
+
+@dataclass
+class LoopState:
+    """Parameters, the strategy's state, results so far, random generators, position."""
+
+    model: nn.Module
+    strategy: Strategy
+    record: Record
+    logger: NoLogger
+    batch_rng: torch.Generator
+    fisher_rng: torch.Generator
+    tasks_done: int = 0
+    step: int = 0  # global training step at the start of the current task
+    task_steps: int = 0  # steps of the current task done when a stop was requested mid-task
+    optimizer_state: dict[str, Any] | None = None  # mid-task only: a new task starts afresh
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "tasks_done": self.tasks_done,
+            "step": self.step,
+            "task_steps": self.task_steps,
+            "model": self.model.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "record": self.record.state_dict(),
+            "batch_rng": self.batch_rng.get_state(),
+            "fisher_rng": self.fisher_rng.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "logger_run_id": self.logger.run_id,
+        }
+        if self.optimizer_state is not None:
+            state["optimizer"] = self.optimizer_state
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.strategy.load_state_dict(state["strategy"])
+        self.record.load_state_dict(state["record"])
+        self.batch_rng.set_state(state["batch_rng"])
+        self.fisher_rng.set_state(state["fisher_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        self.tasks_done, self.step = state["tasks_done"], state["step"]
+        self.task_steps = state["task_steps"]
+        self.optimizer_state = state.get("optimizer")
+
+    def save(self, run_dir: Path, cfg: DictConfig) -> None:
+        """A checkpoint of this state and the config it belongs to."""
+        config = json.dumps(OmegaConf.to_container(cfg, resolve=True))
+        checkpoint.save(run_dir, {**self.state_dict(), "config": config})

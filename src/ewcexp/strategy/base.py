@@ -1,0 +1,94 @@
+"""The strategy contract: what the runner asks of every continual-learning method."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ewcexp.importance import ImportanceEstimator, TaskData
+from ewcexp.schema import NonNegativeFloat
+from ewcexp.strategy.penalty import QuadraticPenalty, Tensors
+from ewcexp.task_sequence import Task
+
+
+class Strategy:
+    """A continual-learning method. The runner calls its hooks in this order:
+
+        for each task:
+            training_tasks(seen)              which of the tasks seen so far to train on now
+            for each minibatch step:
+                write_penalty_gradient(params)    before loss.backward(): set .grad
+                after_step(params)                after optimizer.step()
+            end_task(model, params, data)     consolidate the task just trained
+            (every task is evaluated; a checkpoint holds state_dict())
+
+    A stop mid-task checkpoints state_dict() too, and a resumed run restores it with
+    load_state_dict() before its first hook. The defaults are those of fine-tuning.
+
+    To add a method, subclass this (or `PenaltyStrategy`, for an importance-weighted
+    quadratic penalty) in a module of `ewcexp.strategy` and add conf/strategy/<name>.yaml
+    with `_target_` naming the class: its constructor's typed parameters are its config keys.
+    """
+
+    name: ClassVar[str]  # as results.json and the logs call it
+
+    def __init__(self) -> None:
+        self.penalty: QuadraticPenalty | None = None
+        self.importance: ImportanceEstimator | None = None
+
+    def training_tasks(self, seen: list[Task]) -> list[Task]:
+        """The tasks whose data the current task trains on (`seen[-1]` is the current one)."""
+        return seen[-1:]
+
+    def write_penalty_gradient(self, params: Tensors) -> None:
+        """Set `.grad` to the penalty's gradient, for `loss.backward()` to add to: the
+        optimizer's `zero_grad` and the penalty in one pass. Without a penalty term, `.grad`
+        is set to None, so backward stores its gradient instead of adding it to zeros."""
+        if self.penalty is None or not self.penalty.terms:
+            for p in params:
+                p.grad = None
+        else:
+            self.penalty.write_gradient(params)
+
+    def after_step(self, params: Tensors) -> None:
+        """After each optimizer step, `.grad` still holding the step's gradient (penalty
+        included): for methods that integrate along the training path."""
+
+    def end_task(self, model: nn.Module, params: Tensors, data: TaskData) -> Tensors | None:
+        """Consolidate the task just trained: estimate the importance of its parameters (if
+        the strategy has an estimator) and fold it into the penalty. Returns that importance,
+        for the logs."""
+        importance = self.importance(model, data) if self.importance is not None else None
+        self.consolidate(params, importance)
+        return importance
+
+    def consolidate(self, params: Tensors, importance: Tensors | None) -> None:
+        """Fold the finished task (parameters θ*, importance) into the penalty: the one thing
+        penalty strategies do differently."""
+
+    def penalty_value(self, params: Tensors) -> float:
+        return 0.0 if self.penalty is None else self.penalty.value(params)
+
+    def accumulated_importance(self) -> Tensors | None:
+        """The importance merged over tasks, for strategies that keep one (for the logs)."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue: the penalty's terms."""
+        return {} if self.penalty is None else {"penalty": self.penalty.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.penalty is not None:
+            self.penalty.load_state_dict(state["penalty"])
+
+
+class PenaltyStrategy(Strategy):
+    """A quadratic penalty of strength λ, around importances from `importance` (if given)."""
+
+    def __init__(
+        self, strength: NonNegativeFloat, importance: ImportanceEstimator | None = None
+    ) -> None:
+        super().__init__()
+        self.penalty = QuadraticPenalty(strength)
+        self.importance = importance
