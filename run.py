@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ewcexp.cli import unknown_group_choice, unknown_key
+from ewcexp.cli import unknown_group_choice, unknown_key, unwritable_run_dir
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -43,6 +43,11 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     conf_dir = Path(__file__).parent / "conf"
-    if error := unknown_group_choice(sys.argv[1:], conf_dir) or unknown_key(sys.argv[1:], conf_dir):
+    args = sys.argv[1:]
+    if error := (
+        unknown_group_choice(args, conf_dir)
+        or unknown_key(args, conf_dir)
+        or unwritable_run_dir(args)
+    ):
         sys.exit(f"error: {error}")
     main()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,13 @@ class CheckpointMismatch(RuntimeError):
     """The checkpoint in the run directory was written by a run with another config."""
 
 
+class CheckpointDamaged(CheckpointMismatch):
+    """The checkpoint in the run directory cannot be read (cut short, overwritten, not ours).
+
+    A subclass of `CheckpointMismatch` so that whoever reports that one (run.py) reports
+    this one too, in the same single line."""
+
+
 def save(run_dir: Path, state: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / FILENAME
@@ -43,8 +52,7 @@ def load(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
     path = run_dir / FILENAME
     if not path.exists():
         return None
-    state = torch.load(path, weights_only=True)
-    saved = json.loads(state["config"])
+    state, saved = _read(path)
     difference = first_difference(comparable(saved), comparable(config))
     if difference:
         key, before, now = difference
@@ -53,6 +61,60 @@ def load(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
             "use another run directory (hydra.run.dir=...) or resume=false to start over"
         )
     return state
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint at `path` and the config it was written with; any failure is one
+    `CheckpointDamaged` line, not torch's multi-line error (a run killed by the file system,
+    a copy cut short, another file under our name)."""
+    # torch may warn about what it finds in a damaged file: noise beside the one line we give
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as error:  # noqa: BLE001 - whatever torch raises, the file is unusable
+            reason = _reason(path, error)
+        else:
+            saved = _saved_config(state)
+            reason = None if saved is not None else "no config in it"
+    if reason:
+        raise CheckpointDamaged(
+            f"{path} cannot be read (truncated or damaged: {reason}): delete it, "
+            "or run with resume=false to start over (it is then replaced)"
+        )
+    for warning in caught:  # a readable checkpoint's warnings are shown as usual
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return state, saved
+
+
+def _saved_config(state: Any) -> dict[str, Any] | None:
+    """The config a checkpoint was written with (a JSON string in it), or None where it has none."""
+    text = state.get("config") if isinstance(state, dict) else None
+    try:
+        saved = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def _reason(path: Path, error: BaseException) -> str:
+    """Why torch could not read `path`, short: what the file's first bytes say when that is
+    plainer, else the first sentence of torch's error (which runs to a paragraph)."""
+    try:
+        with path.open("rb") as file:
+            start = file.read(4)
+    except OSError as unreadable:
+        return unreadable.strerror or type(unreadable).__name__
+    if not start:
+        return "empty file"
+    if start != b"PK\x03\x04":  # torch.save writes a zip archive
+        return "not a file written by torch.save"
+    if not zipfile.is_zipfile(path):  # its directory, at the end, is missing
+        return "zip archive cut short"
+    first = " ".join(str(error).split()).split(". ")[0].rstrip(".")
+    if len(first) > 120:
+        first = first[:117] + "..."
+    return first or type(error).__name__
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:

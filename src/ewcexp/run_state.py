@@ -107,6 +107,17 @@ class LoopState:
         self.task_steps = state["task_steps"]
         self.optimizer_state = state.get("optimizer")
 
+    def restore(self, saved: dict[str, Any], run_dir: Path) -> None:
+        """`load_state_dict`, with a checkpoint whose contents do not fit reported in one line."""
+        try:
+            self.load_state_dict(saved)
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:
+            reason = " ".join(str(error).split())[:120] or type(error).__name__
+            raise checkpoint.CheckpointDamaged(
+                f"{run_dir / checkpoint.FILENAME} cannot be restored ({type(error).__name__}: "
+                f"{reason}): delete it, or run with resume=false to start over"
+            ) from None
+
     def save(self, run_dir: Path, cfg: DictConfig) -> None:
         """A checkpoint of this state and the config it belongs to."""
         config = json.dumps(OmegaConf.to_container(cfg, resolve=True))

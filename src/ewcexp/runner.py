@@ -81,68 +81,69 @@ def run_experiment(
     """Train `cfg.task_sequence` with `cfg.strategy`; write `results.json` and figures to
     `output_dir`; send metrics to `cfg.logger` (`run_group`/`run_name`: defaults for it).
     On SIGTERM/SIGUSR1/SIGUSR2 it checkpoints, closes the logger and exits for a requeue."""
-    record = Record(acc=torch.zeros(0))  # its clock starts now
-    torch.manual_seed(cfg.seed)
-    device = instantiate(cfg.device).resolve()
-    sequence: TaskSequence = instantiate(
-        cfg.task_sequence, images=instantiate(cfg.data)(cfg.task_sequence.dataset)
-    )
-    model: nn.Module = instantiate(
-        cfg.model, input_shape=sequence.input_shape, out_features=sequence.scenario.output_size
-    ).to(device)
-    strategy: Strategy = instantiate(cfg.strategy)
+    run, state, logger_run_id = prepare(cfg, output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    resumed = checkpoint.load(output_dir, config) if cfg.resume else None
-    record.acc = torch.zeros(len(sequence.tasks), len(sequence.tasks))
-    logger: NoLogger = instantiate(cfg.logger)
-    run = Run(
-        cfg, instantiate(cfg.train), sequence, model, strategy, instantiate(cfg.optimizer),
-        logger, device, output_dir, record,
-    )  # fmt: skip
-    logger.start(
-        config, output_dir, group=run_group, name=run_name,
-        run_id=resumed["logger_run_id"] if resumed else None,
-    )  # fmt: skip
+    run.logger.start(config, output_dir, group=run_group, name=run_name, run_id=logger_run_id)
     complete = False
     with StopRequest() as stop:
         try:
-            complete = learn_sequence(run, resumed, stop).tasks_done == len(sequence.tasks)
+            complete = learn_sequence(run, state, stop).tasks_done == len(run.sequence.tasks)
             if complete:
-                importance = strategy.importance.name if strategy.importance else None
-                results = summarize(record, strategy.name, importance, config, sequence)
-                figures = save_figures(results, record.fisher_histograms, output_dir)
+                importance = run.strategy.importance
+                results = summarize(
+                    run.record, run.strategy.name, importance.name if importance else None,
+                    config, run.sequence,
+                )  # fmt: skip
+                figures = save_figures(results, run.record.fisher_histograms, output_dir)
                 write_json_atomically(output_dir / "results.json", results)
-                logger.log_summary(results, figures)
+                run.logger.log_summary(results, figures)
         finally:  # closed before a requeue can stop the logger's service
-            logger.finish(failed=not complete, preempted=stop.requested and not complete)
+            run.logger.finish(failed=not complete, preempted=stop.requested and not complete)
         if not complete:
             stop.exit()
     print(format_report(results))
     return results
 
 
-def learn_sequence(run: Run, resumed: dict[str, Any] | None, stop: StopRequest) -> LoopState:
-    """The core loop: for each task, train, consolidate, evaluate every task, checkpoint.
+def prepare(cfg: DictConfig, output_dir: Path) -> tuple[Run, LoopState, str | None]:
+    """The components `cfg` names, and the loop's state: fresh, or restored from the run
+    directory's checkpoint (with the logger's run id to continue)."""
+    record = Record(acc=torch.zeros(0))  # its clock starts now
+    torch.manual_seed(cfg.seed)
+    device = instantiate(cfg.device).resolve()
+    sequence: TaskSequence = instantiate(
+        cfg.task_sequence, images=instantiate(cfg.data)(cfg.task_sequence.dataset)
+    )
+    record.acc = torch.zeros(len(sequence.tasks), len(sequence.tasks))
+    model: nn.Module = instantiate(
+        cfg.model, input_shape=sequence.input_shape, out_features=sequence.scenario.output_size
+    ).to(device)
+    run = Run(
+        cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
+        instantiate(cfg.optimizer), instantiate(cfg.logger), device, output_dir, record,
+    )  # fmt: skip
+    state = LoopState(
+        model,
+        run.strategy,
+        record,
+        run.logger,
+        batch_rng=torch.Generator().manual_seed(cfg.seed),
+        fisher_rng=torch.Generator(device).manual_seed(cfg.seed),
+    )
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resumed = checkpoint.load(output_dir, config) if cfg.resume else None
+    if resumed is None:
+        return run, state, None
+    state.restore(resumed, output_dir)  # continue where the run stopped, in the same state
+    steps = f" and {state.task_steps} steps of the next" if state.task_steps else ""
+    log.info("resuming after task %d/%d%s from %s", state.tasks_done, len(sequence.tasks), steps, output_dir)  # fmt: skip
+    return run, state, resumed["logger_run_id"]
+
+
+def learn_sequence(run: Run, state: LoopState, stop: StopRequest) -> LoopState:
+    """The core loop: for each task left, train, consolidate, evaluate every task, checkpoint.
     When a stop is requested it returns early, its progress checkpointed."""
     tasks = run.sequence.tasks
-    state = LoopState(
-        run.model,
-        run.strategy,
-        run.record,
-        run.logger,
-        batch_rng=torch.Generator().manual_seed(run.cfg.seed),
-        fisher_rng=torch.Generator(run.device).manual_seed(run.cfg.seed),
-    )
-    if resumed is not None:  # continue where the run stopped, in the same state
-        state.load_state_dict(resumed)
-        steps = f" and {state.task_steps} steps of the next" if state.task_steps else ""
-        log.info(
-            "resuming after task %d/%d%s from %s",
-            state.tasks_done,
-            len(tasks),
-            steps,
-            run.output_dir,
-        )
     for t in range(state.tasks_done, len(tasks)):
         loss = train_task(run, state, t, stop)
         if loss is None:  # stopped mid-task: its progress is in the checkpoint
