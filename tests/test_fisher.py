@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ewcexp.fisher import ESTIMATORS, FLOATS_PER_CHUNK, _plan, estimate_fisher
+from ewcexp.fisher import ESTIMATORS, estimate_fisher
 from ewcexp.model import CNN, MLP
+from ewcexp.per_sample import FLOATS_PER_CHUNK
+from ewcexp.per_sample import plan_for as _plan
 
 
 def brute_force_fisher(model, images, labels, estimator, active, generator=None, batch_size=None):
@@ -149,7 +151,7 @@ def test_chunks_stay_within_the_memory_budget():
     plan = _plan(model, list(model.parameters()), torch.randn(1, 28, 28))
     per_sample = 32 * 28 * 28 + 64 * 14 * 14 + 128 + 10  # output gradients of every fast layer
     assert plan.floats_per_sample == per_sample
-    assert plan.max_chunk(10, "exact") * per_sample * 10 <= FLOATS_PER_CHUNK
+    assert plan.max_chunk(10) * per_sample * 10 <= FLOATS_PER_CHUNK
 
 
 def test_chunking_does_not_change_per_sample_estimates():

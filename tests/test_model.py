@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from ewcexp.fisher import _plan, estimate_fisher
+from ewcexp.fisher import estimate_fisher
 from ewcexp.model import ResNet18
+from ewcexp.per_sample import plan_for as _plan
 from tests.test_fisher import brute_force_fisher
 
 CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "resnet18.yaml"
