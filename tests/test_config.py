@@ -94,7 +94,11 @@ BAD = {
     "+lamda=4": "lamda=4 is not allowed: there is no such key (the top-level keys are seed",
     "fisher.chunk_size=0": "fisher.chunk_size=0 is not allowed: expected an integer >= 1",
 }
-GROUP_FOR = {"strategy.": "strategy=online_ewc", "model.width": "model=resnet18", "optimizer.": "optimizer=sgd"}
+GROUP_FOR = {
+    "strategy.": "strategy=online_ewc",
+    "model.width": "model=resnet18",
+    "optimizer.": "optimizer=sgd",
+}
 
 
 @pytest.mark.parametrize("override", list(BAD))
@@ -142,7 +146,8 @@ def test_cuda_is_refused_where_there_is_none():
 
 def test_unknown_group_option_is_caught_before_hydra():
     assert unknown_group_choice(["strategy=ewcc"], CONF) == (
-        "strategy=ewcc is not allowed: expected one of ewc, ewc_sum, finetune, joint, l2, online_ewc"
+        "strategy=ewcc is not allowed: expected one of ewc, ewc_sum, finetune, joint, l2, mas, "
+        "online_ewc, si"
     )
     assert unknown_group_choice(["-m", "strategy=ewc,ewcc", "lambda=1,2"], CONF).startswith(
         "strategy=ewcc is not allowed"

@@ -95,7 +95,9 @@ def test_an_undeclared_key_is_refused_wherever_it_is():
 def test_a_section_without_target_is_refused():
     cfg = compose_config()
     OmegaConf.update(cfg, "extra", {"a": 1}, force_add=True)
-    with pytest.raises(ConfigError, match="^extra is not allowed: a config section needs a _target_"):
+    with pytest.raises(
+        ConfigError, match="^extra is not allowed: a config section needs a _target_"
+    ):
         check_config(cfg)
 
 

@@ -134,7 +134,7 @@ class RecordingLogger:
     def log_training(self, metrics):
         pass
 
-    def log_fisher(self, task, fisher, accumulated):
+    def log_importance(self, kind, task, importance, accumulated):
         raise KeyboardInterrupt  # Ctrl-C in the middle of the first consolidation
 
     def log_task(self, task, metrics):

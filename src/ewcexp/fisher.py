@@ -21,21 +21,18 @@ those squares over samples at about the cost of one batched backward pass per si
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewcexp.importance import TaskData
+from ewcexp.importance import SampleCount, TaskData
 from ewcexp.per_sample import per_sample_sum
-from ewcexp.schema import PositiveInt, Rule
+from ewcexp.schema import PositiveInt
 
 Estimator = Literal["exact", "sample", "empirical", "batched"]
 ESTIMATORS: tuple[str, ...] = get_args(Estimator)
-SampleCount = Annotated[
-    int, Rule(lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1", refused=0)
-]
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,8 @@ class Fisher:
     num_samples: SampleCount = -1
     chunk_size: PositiveInt = 256
     batch_size: PositiveInt = 256
+
+    kind: ClassVar[str] = "fisher"
 
     @property
     def name(self) -> str:

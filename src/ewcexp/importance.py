@@ -14,12 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from ewcexp.schema import Rule
 from ewcexp.task_sequence import Scenario, Task
+
+# how many of the task's training samples an estimator averages over
+SampleCount = Annotated[
+    int, Rule(lambda v: v == -1 or v >= 1, "-1 (all) or an integer >= 1", refused=0)
+]
 
 
 @dataclass
@@ -57,6 +63,7 @@ class TaskData:
 class ImportanceEstimator(Protocol):
     """Per-parameter importance of a trained model on a task's data."""
 
-    name: str  # how results.json and the logs call it
+    kind: str  # what it estimates, naming its logs and figures: "fisher", "mas"
+    name: str  # which variant, as results.json calls it: "exact", ..., "mas"
 
     def __call__(self, model: nn.Module, data: TaskData) -> list[Tensor]: ...

@@ -16,9 +16,9 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-FISHER_EPS = 1e-12  # histograms are of log10(F + eps): exact zeros land at -12
+EPS = 1e-12  # histograms are of log10(|importance| + eps): exact zeros land at -12
 HISTOGRAM_BINS = 64  # wandb.Histogram accepts at most 512
-SMALL_FISHER = 1e-8  # below this a parameter is, in effect, not protected
+SMALL = 1e-8  # an importance below this leaves a parameter, in effect, unprotected
 
 
 class NoLogger:
@@ -39,11 +39,15 @@ class NoLogger:
     def log_training(self, metrics: dict[str, float]) -> None:
         """Every few steps: `train/step` and loss, penalty, learning rate, throughput."""
 
-    def log_fisher(
-        self, task: int, fisher: dict[str, Tensor], accumulated: dict[str, Tensor] | None
+    def log_importance(
+        self,
+        kind: str,
+        task: int,
+        importance: dict[str, Tensor],
+        accumulated: dict[str, Tensor] | None,
     ) -> None:
-        """After consolidating `task` (0-based): its Fisher per parameter tensor, and the
-        running one of strategies that merge them."""
+        """After consolidating `task` (0-based): its importance per parameter tensor (`kind`:
+        "fisher", "mas", "si"), and the running one of strategies that merge them."""
 
     def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
         """After evaluating everything once `task` (0-based) is learned."""
@@ -102,7 +106,7 @@ class WandbLogger(NoLogger):
             return
         self.run_id = self.run.id
         self.run.define_metric("task")
-        for pattern in ("acc/*", "bwt", "forgetting", "fisher/*", "fisher_stats/*"):
+        for pattern in ("acc/*", "bwt", "forgetting"):
             self.run.define_metric(pattern, step_metric="task")
         self.run.define_metric("train/*", step_metric="train/step")
 
@@ -110,20 +114,26 @@ class WandbLogger(NoLogger):
         if self.run is not None:
             self.run.log(metrics)
 
-    def log_fisher(
-        self, task: int, fisher: dict[str, Tensor], accumulated: dict[str, Tensor] | None
+    def log_importance(
+        self,
+        kind: str,
+        task: int,
+        importance: dict[str, Tensor],
+        accumulated: dict[str, Tensor] | None,
     ) -> None:
         if self.run is None:
             return
         import wandb
 
+        for pattern in (f"{kind}/*", f"{kind}_stats/*"):
+            self.run.define_metric(pattern, step_metric="task")
         entries: dict[str, Any] = {"task": task + 1}
-        for kind, tensors in (("task", fisher), ("accumulated", accumulated or {})):
+        for which, tensors in (("task", importance), ("accumulated", accumulated or {})):
             for name, values in tensors.items():
-                counts, edges = fisher_histogram(values)
-                entries[f"fisher/{kind}/{name}"] = wandb.Histogram(np_histogram=(counts, edges))
-                for stat, value in fisher_statistics(values).items():
-                    entries[f"fisher_stats/{kind}/{name}/{stat}"] = value
+                counts, edges = importance_histogram(values)
+                entries[f"{kind}/{which}/{name}"] = wandb.Histogram(np_histogram=(counts, edges))
+                for stat, value in importance_statistics(values).items():
+                    entries[f"{kind}_stats/{which}/{name}/{stat}"] = value
         self.run.log(entries)
 
     def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
@@ -171,17 +181,17 @@ class WandbLogger(NoLogger):
             )
 
 
-def fisher_histogram(values: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Counts and bin edges of log10(F + eps)."""
-    logs = torch.log10(values.detach().flatten().double().cpu() + FISHER_EPS).numpy()
+def importance_histogram(values: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Counts and bin edges of log10(|importance| + eps) (SI's can be negative)."""
+    logs = torch.log10(values.detach().flatten().double().cpu().abs() + EPS).numpy()
     return np.histogram(logs, bins=HISTOGRAM_BINS)
 
 
-def fisher_statistics(values: Tensor) -> dict[str, float]:
-    """Mean, max, and the fraction of parameters whose Fisher is below SMALL_FISHER."""
+def importance_statistics(values: Tensor) -> dict[str, float]:
+    """Mean, max, and the fraction of parameters whose importance is below SMALL."""
     flat = values.detach().flatten()
     return {
         "mean": float(flat.mean()),
         "max": float(flat.max()),
-        f"fraction_below_{SMALL_FISHER:g}": float((flat < SMALL_FISHER).float().mean()),
+        f"fraction_below_{SMALL:g}": float((flat < SMALL).float().mean()),
     }

@@ -68,16 +68,16 @@ def accuracy_curves(acc_matrix: list[list[float]], title: str, path: Path) -> Pa
     return _save(figure, path)
 
 
-def fisher_histograms(
-    histograms: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path
+def importance_histograms(
+    histograms: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path, kind: str
 ) -> Path:
-    """One outline per parameter tensor: counts of log10(F + eps). Named in a legend up to 12
+    """One outline per parameter tensor: counts of log10(|importance| + eps). Named in a legend up to 12
     tensors; a deep network's dozens would not fit, and W&B has each one by name anyway."""
     figure, axes = plt.subplots(figsize=(6, 4))
     for name, (counts, edges) in histograms.items():
         axes.stairs(counts, edges, label=name)
     axes.set_yscale("log")
-    axes.set_xlabel("log10(Fisher + 1e-12)")
+    axes.set_xlabel(f"log10(|{kind}| + 1e-12)")
     axes.set_ylabel("parameters")
     if len(histograms) <= 12:
         axes.legend(fontsize=7)

@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ewcexp.logger import NoLogger, fisher_histogram, fisher_statistics
+from ewcexp.logger import NoLogger, importance_histogram, importance_statistics
 from ewcexp.metrics import average_accuracy, backward_transfer, forgetting
 from ewcexp.run_state import Record
+from ewcexp.strategy.base import Strategy
+from ewcexp.task_sequence import TaskSequence
 
 
 def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
@@ -32,16 +34,18 @@ def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
 def record_importance(
     record: Record,
     logger: NoLogger,
+    kind: str,
     task: int,
-    fisher: dict[str, Tensor],
+    importance: dict[str, Tensor],
     accumulated: dict[str, Tensor] | None,
 ) -> None:
-    """Statistics to results.json, histograms to the figures, everything to the logger."""
-    record.fisher_stats.append(
+    """Statistics to results.json, histograms to the figures, everything to the logger;
+    all named after `kind` ("fisher", "mas", "si")."""
+    record.importance_stats.append(
         {
             "task": task + 1,
-            "per_parameter": {n: fisher_statistics(f) for n, f in fisher.items()},
-            "accumulated": {n: fisher_statistics(f) for n, f in accumulated.items()}
+            "per_parameter": {n: importance_statistics(f) for n, f in importance.items()},
+            "accumulated": {n: importance_statistics(f) for n, f in accumulated.items()}
             if accumulated
             else None,
         }
@@ -50,30 +54,30 @@ def record_importance(
     def histograms(tensors: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
         # tensors, not numpy arrays: checkpoints are read with weights_only=True
         return {
-            n: tuple(torch.from_numpy(a) for a in fisher_histogram(f)) for n, f in tensors.items()
+            n: tuple(torch.from_numpy(a) for a in importance_histogram(f))
+            for n, f in tensors.items()
         }
 
-    record.fisher_histograms[f"fisher_task{task + 1}"] = histograms(fisher)
+    record.histograms[f"{kind}_task{task + 1}"] = histograms(importance)
     if accumulated:
-        record.fisher_histograms[f"fisher_accumulated_task{task + 1}"] = histograms(accumulated)
-    logger.log_fisher(task, fisher, accumulated)
+        record.histograms[f"{kind}_accumulated_task{task + 1}"] = histograms(accumulated)
+    logger.log_importance(kind, task, importance, accumulated)
 
 
 def summarize(
-    record: Record,
-    strategy_name: str,
-    importance: str | None,
-    config: dict[str, Any],
-    sequence: Any,
+    record: Record, strategy: Strategy, config: dict[str, Any], sequence: TaskSequence
 ) -> dict[str, Any]:
-    """The contents of results.json."""
+    """The contents of results.json; the importance statistics under the importance's kind
+    ("fisher", "mas", "si"), which `importance` names."""
     acc, last = record.acc, len(record.acc) - 1
+    kind = strategy.importance_kind
     return {
-        "strategy": strategy_name,
+        "strategy": strategy.name,
         "lambda": config["lambda"],
         "seed": config["seed"],
         "scenario": sequence.scenario.kind,
-        "fisher_estimator": importance,
+        "importance": kind,
+        "fisher_estimator": strategy.importance.name if kind == "fisher" else None,
         "task_names": [task.name for task in sequence.tasks],
         "acc_matrix": acc.tolist(),
         "avg_acc": average_accuracy(acc, last),
@@ -84,15 +88,16 @@ def summarize(
         "data_source": sequence.source,
         "wall_time_s": record.wall_s(),
         "phase_time_s": record.seconds,
-        "fisher": record.fisher_stats,
+        **({kind: record.importance_stats} if kind else {}),
         "config": config,
     }
 
 
 def save_figures(
-    results: dict[str, Any], fisher_histograms: dict[str, dict[str, tuple]], output_dir: Path
+    results: dict[str, Any], histograms: dict[str, dict[str, tuple]], output_dir: Path
 ) -> dict[str, Path]:
-    """The run's PNGs: accuracy matrix, accuracy curves, a Fisher histogram per consolidation."""
+    """The run's PNGs: accuracy matrix, accuracy curves, an importance histogram per
+    consolidation."""
     from ewcexp import plots  # matplotlib: imported only once there is something to draw
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -105,9 +110,12 @@ def save_figures(
             results["acc_matrix"], title, output_dir / "accuracy_curves.png"
         ),
     }
-    for key, histograms in fisher_histograms.items():
-        figures[key] = plots.fisher_histograms(
-            histograms, f"{title}: {key.replace('_', ' ')}", output_dir / f"{key}.png"
+    for key, per_tensor in histograms.items():
+        figures[key] = plots.importance_histograms(
+            per_tensor,
+            f"{title}: {key.replace('_', ' ')}",
+            output_dir / f"{key}.png",
+            results["importance"],
         )
     return figures
 

@@ -28,8 +28,8 @@ class Record:
 
     acc: Tensor  # R[i][j]
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    fisher_stats: list[dict[str, Any]] = field(default_factory=list)
-    fisher_histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    importance_stats: list[dict[str, Any]] = field(default_factory=list)
+    histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)  # of importances
     earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
     started: float = field(default_factory=time.perf_counter)  # this process
 
@@ -41,8 +41,8 @@ class Record:
         return {
             "acc": self.acc,
             "seconds": self.seconds,
-            "fisher_stats": self.fisher_stats,
-            "fisher_histograms": self.fisher_histograms,
+            "importance_stats": self.importance_stats,
+            "histograms": self.histograms,
             "wall_s": self.wall_s(),
         }
 
@@ -52,10 +52,7 @@ class Record:
             state["seconds"],
             state["wall_s"],
         )
-        self.fisher_stats, self.fisher_histograms = (
-            state["fisher_stats"],
-            state["fisher_histograms"],
-        )
+        self.importance_stats, self.histograms = state["importance_stats"], state["histograms"]
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:

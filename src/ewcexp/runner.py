@@ -89,12 +89,8 @@ def run_experiment(
         try:
             complete = learn_sequence(run, state, stop).tasks_done == len(run.sequence.tasks)
             if complete:
-                importance = run.strategy.importance
-                results = summarize(
-                    run.record, run.strategy.name, importance.name if importance else None,
-                    config, run.sequence,
-                )  # fmt: skip
-                figures = save_figures(results, run.record.fisher_histograms, output_dir)
+                results = summarize(run.record, run.strategy, config, run.sequence)
+                figures = save_figures(results, run.record.histograms, output_dir)
                 write_json_atomically(output_dir / "results.json", results)
                 run.logger.log_summary(results, figures)
         finally:  # closed before a requeue can stop the logger's service
@@ -201,7 +197,7 @@ def consolidate_task(run: Run, state: LoopState, t: int) -> None:
     if importance is not None:
         accumulated = run.strategy.accumulated_importance()
         record_importance(
-            run.record, run.logger, t, run.by_name(importance),
+            run.record, run.logger, run.strategy.importance_kind, t, run.by_name(importance),
             run.by_name(accumulated) if accumulated else None,
         )  # fmt: skip
 

@@ -67,6 +67,11 @@ class Strategy:
         """Fold the finished task (parameters θ*, importance) into the penalty: the one thing
         penalty strategies do differently."""
 
+    @property
+    def importance_kind(self) -> str | None:
+        """What `end_task` returns, naming its logs and figures: "fisher", "mas", ..."""
+        return None if self.importance is None else self.importance.kind
+
     def penalty_value(self, params: Tensors) -> float:
         return 0.0 if self.penalty is None else self.penalty.value(params)
 

@@ -31,6 +31,7 @@ class SI(PenaltyStrategy):
     """Synaptic Intelligence; `xi` (ξ) damps the division by small total changes."""
 
     name = "si"
+    importance_kind = "si"  # the path integral: no estimator
 
     def __init__(self, strength: NonNegativeFloat, xi: PositiveFloat = 0.1) -> None:
         super().__init__(strength)
