@@ -12,6 +12,7 @@ statistics as it found them, and draws random numbers only from `data.generator`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Protocol
@@ -30,23 +31,30 @@ SampleCount = Annotated[
 
 @dataclass
 class TaskData:
-    """A task's training samples for consolidation, built only if an estimator asks."""
+    """A task's training samples for consolidation: `load()` gives uint8 images (on the CPU)
+    and labels indexing the `active` output units, called only if an estimator asks."""
 
-    task: Task
-    scenario: Scenario
+    load: Callable[[], tuple[Tensor, Tensor]]
+    active: slice
     device: torch.device
     generator: torch.Generator  # the run's stream for importance estimation
 
-    @property
-    def active(self) -> slice:
-        """The output units the task's softmax runs over."""
-        return self.scenario.active(self.task.index, seen=self.task.index)
+    @classmethod
+    def of(
+        cls, task: Task, scenario: Scenario, device: torch.device, generator: torch.Generator
+    ) -> TaskData:
+        """Task `task`'s training set, over the units active for it once it is learned."""
+        active = scenario.active(task.index, seen=task.index)
+
+        def load() -> tuple[Tensor, Tensor]:
+            images, labels = task.train_set()
+            return images, labels + scenario.offset(task.index) - active.start
+
+        return cls(load, active, device, generator)
 
     @cached_property
     def samples(self) -> tuple[Tensor, Tensor]:
-        """uint8 images (on the CPU) and labels indexing the `active` units."""
-        images, labels = self.task.train_set()
-        return images, labels + self.scenario.offset(self.task.index) - self.active.start
+        return self.load()
 
     def subset(self, num_samples: int) -> tuple[Tensor, Tensor]:
         """All samples (`num_samples` -1 or at least their number), or that many drawn at

@@ -191,7 +191,7 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float |
 
 def consolidate_task(run: Run, state: LoopState, t: int) -> None:
     """The strategy folds task `t` into its penalty; the importance it estimated is logged."""
-    data = TaskData(run.sequence.tasks[t], run.sequence.scenario, run.device, state.fisher_rng)
+    data = TaskData.of(run.sequence.tasks[t], run.sequence.scenario, run.device, state.fisher_rng)
     with run.record.timing("fisher"):
         importance = run.strategy.end_task(run.model, run.params, data)
     if importance is not None:

@@ -1,0 +1,209 @@
+"""SI and MAS, EWC's relatives on the same penalty core, against their definitions
+(ewc-math.md), end to end through the CLI, and through kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ewcexp.importance import TaskData
+from ewcexp.strategy.mas import MAS, MASImportance
+from ewcexp.strategy.si import SI
+from tests.conftest import REPO, TINY, read_wandb_run, run_cli
+from tests.test_fisher import models, warm_batchnorm
+from tests.test_resume import KILLER
+from tests.test_strategy import autograd_gradient, explicit_penalty, penalty_gradient
+
+A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)  # a two-parameter quadratic
+
+
+def quadratic_loss(theta, b):
+    return 0.5 * theta @ A @ theta - b @ theta
+
+
+def train_si(si, theta, b, steps, lr):
+    """Plain SGD on the quadratic with SI's hooks, as the training loop calls them."""
+    optimizer = torch.optim.SGD([theta], lr=lr)
+    for _ in range(steps):
+        si.write_penalty_gradient([theta])
+        quadratic_loss(theta, b).backward()
+        optimizer.step()
+        si.after_step([theta])
+
+
+def test_si_path_integral_is_minus_the_sum_of_task_gradient_times_step():
+    """ω = −Σ g·Δθ with g the task loss's gradient only: by hand, for two tasks, the second
+    trained under the first one's penalty."""
+    si, lr, xi, strength = SI(strength=2.0, xi=0.1), 0.1, 0.1, 2.0
+    theta = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    b1, b2 = (
+        torch.tensor([1.0, 0.5], dtype=torch.float64),
+        torch.tensor([-1.0, 2.0], dtype=torch.float64),
+    )
+
+    # by hand: θ ← θ − lr·(Aθ − b + λΩ(θ − θ*)), ω += −(Aθ − b)·Δθ
+    hand, omega_total, anchor, start = theta.detach().clone(), None, None, theta.detach().clone()
+    for b, steps in ((b1, 7), (b2, 5)):
+        omega = torch.zeros(2, dtype=torch.float64)
+        for _ in range(steps):
+            task_gradient = A @ hand - b
+            penalty_gradient_ = 0 if anchor is None else strength * omega_total * (hand - anchor)
+            step = -lr * (task_gradient + penalty_gradient_)
+            omega += -task_gradient * step
+            hand = hand + step
+        added = omega / ((hand - start) ** 2 + xi)
+        omega_total = added if omega_total is None else omega_total + added
+        anchor, start = hand.clone(), hand.clone()
+
+        train_si(si, theta, b, steps, lr)
+        torch.testing.assert_close(si.omega[0], omega)  # before consolidation: the path integral
+        si.end_task(None, [theta], None)
+        torch.testing.assert_close(theta.detach(), hand)
+        torch.testing.assert_close(si.accumulated_importance()[0], omega_total)
+    # the penalty: (λ/2)·Σ Ω (θ − θ*)² around the latest parameters, value and gradient
+    params = [torch.tensor([0.3, 0.7], dtype=torch.float64)]
+    history = [([anchor], [omega_total])]
+    torch.testing.assert_close(
+        penalty_gradient(si, params)[0], autograd_gradient(params, history, strength)[0]
+    )
+    assert si.penalty_value(params) == pytest.approx(
+        float(explicit_penalty(params, history, strength))
+    )
+
+
+def test_si_with_zero_steps_adds_nothing_and_survives_a_checkpoint():
+    si = SI(strength=1.0)
+    theta = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    train_si(si, theta, torch.ones(2, dtype=torch.float64), 3, 0.05)
+    restored = SI(strength=1.0)
+    restored.load_state_dict(si.state_dict())  # mid-task: ω, θ before the step, θ(μ−1)
+    for a, b in zip(restored.omega + restored.task_start, si.omega + si.task_start, strict=True):
+        assert torch.equal(a, b)
+
+
+def brute_force_mas(model, images, active):
+    """(1/N) Σ_n |∂‖f(x_n)‖²/∂θ|, literally: a backward pass per sample."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for n in range(len(images)):
+        squared_norm = (model(images[n : n + 1])[0, active] ** 2).sum()
+        for t, g in zip(total, torch.autograd.grad(squared_norm, params), strict=True):
+            t += g.abs()
+    return [t / len(images) for t in total]
+
+
+@pytest.mark.parametrize("name", list(models()))
+@pytest.mark.parametrize("active", [slice(0, 5), slice(2, 5)], ids=["all units", "one head"])
+def test_mas_importance_equals_its_definition(name, active):
+    model, shape = models()[name]
+    warm_batchnorm(model, shape)
+    images = torch.randn(23, *shape)
+    unlabelled = (images, torch.zeros(23, dtype=torch.long))
+    data = TaskData(lambda: unlabelled, active, torch.device("cpu"), torch.Generator())
+    fast = MASImportance(chunk_size=5)(model, data)
+    slow = brute_force_mas(model, images, active)
+    for f, s in zip(fast, slow, strict=True):
+        assert f.shape == s.shape and not f.requires_grad
+        torch.testing.assert_close(f, s, rtol=1e-4, atol=1e-7)
+    assert all(float(f.sum()) > 0 for f in fast)
+
+
+def test_mas_sums_importances_over_tasks_around_the_latest_parameters():
+    mas = MAS(strength=3.0, importance=MASImportance())
+    generator = torch.Generator().manual_seed(0)
+    anchors, importances = [], []
+    for _ in range(3):
+        anchors.append(
+            [torch.randn(4, 3, generator=generator), torch.randn(3, generator=generator)]
+        )
+        importances.append(
+            [torch.rand(4, 3, generator=generator), torch.rand(3, generator=generator)]
+        )
+        mas.consolidate(anchors[-1], importances[-1])
+    summed = [sum(parts) for parts in zip(*importances, strict=True)]
+    params = [torch.randn(4, 3, generator=generator), torch.randn(3, generator=generator)]
+    history = [(anchors[-1], summed)]
+    for got, want in zip(
+        penalty_gradient(mas, params), autograd_gradient(params, history, 3.0), strict=True
+    ):
+        torch.testing.assert_close(got, want)
+    assert mas.penalty_value(params) == pytest.approx(
+        float(explicit_penalty(params, history, 3.0)), rel=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_si_and_mas_run_through_the_cli_in_every_scenario_and_log_their_importance(
+    tmp_path, data_root
+):
+    done = run_cli(
+        "-m",
+        "strategy=si,mas",
+        "task_sequence=split_mnist",
+        "task_sequence.scenario=task,domain,class",
+        "lambda=1",
+        *[o for o in TINY if o != "logger=none"],
+        cwd=tmp_path,
+        data_root=data_root,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs = sorted(p.parent for p in (tmp_path / "multirun").glob("*/results.json"))
+    seen = set()
+    for job in jobs:
+        results = json.loads((job / "results.json").read_text())
+        kind = results["strategy"]
+        seen.add((kind, results["scenario"]))
+        assert results["importance"] == kind and results["fisher_estimator"] is None
+        assert "fisher" not in results and len(results[kind]) == 3  # one entry per task
+        assert results[kind][2]["accumulated"] is not None
+        assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.6  # every task learned
+        for png in (f"{kind}_task1", f"{kind}_accumulated_task3"):
+            assert (job / f"{png}.png").stat().st_size > 1000
+    assert seen == {(s, c) for s in ("si", "mas") for c in ("task", "domain", "class")}
+    # the importance in W&B under its own name, equal to results.json's statistics
+    job = next(j for j in jobs if json.loads((j / "results.json").read_text())["strategy"] == "mas")
+    results = json.loads((job / "results.json").read_text())
+    rows = [r["history"]["item"] for r in read_wandb_run(job) if r["type"] == "history"]
+    logged = {row["task"]: row for row in rows if any(k.startswith("mas/") for k in row)}
+    assert sorted(logged) == [1, 2, 3]
+    name = "layers.0.weight"
+    assert logged[1][f"mas/task/{name}._type"] == "histogram"
+    assert logged[3][f"mas_stats/accumulated/{name}/mean"] == pytest.approx(
+        results["mas"][2]["accumulated"][name]["mean"]
+    )
+    assert not any(k.startswith("fisher") for row in rows for k in row)
+
+
+@pytest.mark.slow
+def test_si_killed_mid_task_resumes_to_the_uninterrupted_numbers(tmp_path, data_root):
+    """SI's running ω and θ before the step are in the mid-task checkpoint."""
+    args = [*TINY, "strategy=si", "lambda=1", f"data.root={data_root}"]
+    for folder in ("whole", "cut"):
+        (tmp_path / folder).mkdir()
+    whole = run_cli(*args, cwd=tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    run_dir = tmp_path / "cut" / "run"
+    for signum, when in ((signal.SIGTERM, 30 + 12), (signal.SIGKILL, 12)):
+        cut = subprocess.run(
+            [sys.executable, "-c", KILLER, "ewcexp.training.active_cross_entropy", str(when),
+             signum.name, str(REPO / "run.py"), *args, f"hydra.run.dir={run_dir}"],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert cut.returncode in (128 + signal.SIGTERM, -signal.SIGKILL), cut.stderr[-2000:]
+        saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert (saved["tasks_done"], saved["task_steps"]) == (1, 12)
+        assert saved["strategy"]["omega"] is not None
+    resumed = run_cli(*args, cwd=tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def numbers(folder):
+        results = json.loads((folder / "run" / "results.json").read_text())
+        return [results[k] for k in ("acc_matrix", "avg_acc", "si")]
+
+    assert numbers(tmp_path / "cut") == numbers(tmp_path / "whole")
