@@ -15,6 +15,7 @@ from tests.conftest import REPO
     ("script", "args", "rows"),
     [
         ("penalty.py", ["--tasks", "2", "--steps", "2", "--repeats", "1"], 6),
+        ("mas.py", ["--samples", "256", "--loop-samples", "16", "--repeats", "1"], 8),
         ("epoch.py", ["--samples", "512", "--repeats", "1"], 3),
         (
             "fisher.py",
