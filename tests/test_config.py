@@ -31,6 +31,10 @@ PRESETS = {
     "split_mnist_class": ("split_mnist", "class", 5, [400, 400], 0.001, 128, 2000, 1e9),
     "permuted_mnist_domain": ("permuted_mnist", "domain", 10, [1000, 1000], 1e-4, 128, 5000, 100),
     "split_cifar10_task": ("split_cifar10", "task", 5, None, 1e-4, 256, 5000, 100),
+    # Hsu et al. 2018: 4 epochs per task (train.iterations null), ewc's λ = 2·reg_coef
+    "hsu_split_mnist_task": ("split_mnist", "task", 5, [400, 400], 0.001, 128, None, 200),
+    "hsu_split_mnist_domain": ("split_mnist", "domain", 5, [400, 400], 0.001, 128, None, 200),
+    "hsu_split_mnist_class": ("split_mnist", "class", 5, [400, 400], 0.001, 128, None, 1200),
 }
 
 
@@ -48,6 +52,8 @@ def test_experiment_presets_set_the_papers_setup(name):
     assert (cfg.optimizer.lr, cfg.train.batch_size, cfg.train.iterations) == (lr, batch, iterations)
     assert cfg.fisher.estimator == "exact" and cfg["lambda"] == strength
     assert compose_config(f"experiment={name}", "lambda=7")["lambda"] == 7  # the CLI still wins
+    if iterations is None:
+        assert cfg.train.epochs == 4
 
 
 def test_slurm_launcher_preset_composes_with_overridable_defaults():

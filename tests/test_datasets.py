@@ -320,6 +320,9 @@ def test_new_sequences_train_end_to_end(
         ("split_mnist_class", 5, "MLP"),
         ("permuted_mnist_domain", 10, "MLP"),
         ("split_cifar10_task", 5, "ResNet18"),
+        ("hsu_split_mnist_task", 5, "MLP"),
+        ("hsu_split_mnist_domain", 5, "MLP"),
+        ("hsu_split_mnist_class", 5, "MLP"),
     ],
 )
 def test_every_preset_runs_end_to_end(tmp_path, data_root, cifar_root, preset, tasks, model):
