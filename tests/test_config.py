@@ -152,7 +152,7 @@ def test_cuda_is_refused_where_there_is_none():
 
 def test_unknown_group_option_is_caught_before_hydra():
     assert unknown_group_choice(["strategy=ewcc"], CONF) == (
-        "strategy=ewcc is not allowed: expected one of ewc, ewc_sum, finetune, joint, l2, mas, "
+        "strategy=ewcc is not allowed: expected one of ewc, ewc_sum, ewcpp, finetune, joint, l2, mas, "
         "online_ewc, si"
     )
     assert unknown_group_choice(["-m", "strategy=ewc,ewcc", "lambda=1,2"], CONF).startswith(

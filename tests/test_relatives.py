@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ewcexp.importance import TaskData
+from ewcexp.strategy.ewcpp import EWCPlusPlus
 from ewcexp.strategy.mas import MAS, MASImportance
 from ewcexp.strategy.si import SI
 from tests.conftest import REPO, TINY, read_wandb_run, run_cli
@@ -86,6 +87,38 @@ def test_si_with_zero_steps_adds_nothing_and_survives_a_checkpoint():
         assert torch.equal(a, b)
 
 
+def test_ewcpp_running_fisher_is_the_moving_average_of_squared_task_gradients():
+    """F ← α·g² + (1−α)·F every `update_every` steps (g: the task loss's gradient alone), by
+    hand over two tasks, the second under the first one's penalty; then the penalty."""
+    alpha, every, lr, strength = 0.3, 2, 0.1, 5.0
+    ewcpp = EWCPlusPlus(strength=strength, alpha=alpha, update_every=every)
+    theta = torch.tensor([1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    hand, running, anchor, fisher, step = theta.detach().clone(), None, None, None, 0
+    for b, steps in ((torch.tensor([1.0, 0.5]), 7), (torch.tensor([-1.0, 2.0]), 6)):
+        b = b.double()
+        for _ in range(steps):
+            task_gradient = A @ hand - b
+            penalty = 0 if anchor is None else strength * fisher * (hand - anchor)
+            hand = hand - lr * (task_gradient + penalty)
+            step += 1
+            if step % every == 0:
+                new = task_gradient**2
+                running = new if running is None else alpha * new + (1 - alpha) * running
+        fisher, anchor = running.clone(), hand.clone()
+        train_si(ewcpp, theta, b, steps, lr)  # the same hooks as SI's loop
+        ewcpp.end_task(None, [theta], None)
+        torch.testing.assert_close(theta.detach(), hand)
+        torch.testing.assert_close(ewcpp.running[0], running)
+    params = [torch.tensor([0.3, 0.7], dtype=torch.float64)]
+    history = [([anchor], [fisher])]
+    torch.testing.assert_close(
+        penalty_gradient(ewcpp, params)[0], autograd_gradient(params, history, strength)[0]
+    )
+    assert ewcpp.penalty_value(params) == pytest.approx(
+        float(explicit_penalty(params, history, strength))
+    )
+
+
 def brute_force_mas(model, images, active):
     """(1/N) Σ_n |∂‖f(x_n)‖²/∂θ|, literally: a backward pass per sample."""
     model.eval()
@@ -139,12 +172,12 @@ def test_mas_sums_importances_over_tasks_around_the_latest_parameters():
 
 
 @pytest.mark.slow
-def test_si_and_mas_run_through_the_cli_in_every_scenario_and_log_their_importance(
+def test_si_mas_ewcpp_run_through_the_cli_in_every_scenario_and_log_their_importance(
     tmp_path, data_root
 ):
     done = run_cli(
         "-m",
-        "strategy=si,mas",
+        "strategy=si,mas,ewcpp",
         "task_sequence=split_mnist",
         "task_sequence.scenario=task,domain,class",
         "lambda=1",
@@ -157,15 +190,17 @@ def test_si_and_mas_run_through_the_cli_in_every_scenario_and_log_their_importan
     seen = set()
     for job in jobs:
         results = json.loads((job / "results.json").read_text())
-        kind = results["strategy"]
-        seen.add((kind, results["scenario"]))
+        kind = {"ewcpp": "fisher"}.get(results["strategy"], results["strategy"])
+        seen.add((results["strategy"], results["scenario"]))
         assert results["importance"] == kind and results["fisher_estimator"] is None
-        assert "fisher" not in results and len(results[kind]) == 3  # one entry per task
-        assert results[kind][2]["accumulated"] is not None
+        assert len(results[kind]) == 3  # one entry per task
+        assert "fisher" not in results or kind == "fisher"
+        if kind != "fisher":
+            assert results[kind][2]["accumulated"] is not None
         assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.6  # every task learned
-        for png in (f"{kind}_task1", f"{kind}_accumulated_task3"):
+        for png in (f"{kind}_task1", f"{kind}_accumulated_task3")[: 1 if kind == "fisher" else 2]:
             assert (job / f"{png}.png").stat().st_size > 1000
-    assert seen == {(s, c) for s in ("si", "mas") for c in ("task", "domain", "class")}
+    assert seen == {(s, c) for s in ("si", "mas", "ewcpp") for c in ("task", "domain", "class")}
     # the importance in W&B under its own name, equal to results.json's statistics
     job = next(j for j in jobs if json.loads((j / "results.json").read_text())["strategy"] == "mas")
     results = json.loads((job / "results.json").read_text())
@@ -181,9 +216,15 @@ def test_si_and_mas_run_through_the_cli_in_every_scenario_and_log_their_importan
 
 
 @pytest.mark.slow
-def test_si_killed_mid_task_resumes_to_the_uninterrupted_numbers(tmp_path, data_root):
-    """SI's running ω and θ before the step are in the mid-task checkpoint."""
-    args = [*TINY, "strategy=si", "lambda=1", f"data.root={data_root}"]
+@pytest.mark.parametrize(
+    ("strategy", "state", "kind"), [("si", "omega", "si"), ("ewcpp", "running", "fisher")]
+)
+def test_killed_mid_task_resumes_to_the_uninterrupted_numbers(
+    tmp_path, data_root, strategy, state, kind
+):
+    """SI's running ω (and θ before the step), EWC++'s running Fisher and step count are in
+    the mid-task checkpoint."""
+    args = [*TINY, f"strategy={strategy}", "lambda=1", f"data.root={data_root}"]
     for folder in ("whole", "cut"):
         (tmp_path / folder).mkdir()
     whole = run_cli(*args, cwd=tmp_path / "whole")
@@ -198,12 +239,12 @@ def test_si_killed_mid_task_resumes_to_the_uninterrupted_numbers(tmp_path, data_
         assert cut.returncode in (128 + signal.SIGTERM, -signal.SIGKILL), cut.stderr[-2000:]
         saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         assert (saved["tasks_done"], saved["task_steps"]) == (1, 12)
-        assert saved["strategy"]["omega"] is not None
+        assert saved["strategy"][state] is not None
     resumed = run_cli(*args, cwd=tmp_path / "cut")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
     def numbers(folder):
         results = json.loads((folder / "run" / "results.json").read_text())
-        return [results[k] for k in ("acc_matrix", "avg_acc", "si")]
+        return [results[k] for k in ("acc_matrix", "avg_acc", kind)]
 
     assert numbers(tmp_path / "cut") == numbers(tmp_path / "whole")

@@ -77,7 +77,9 @@ def summarize(
         "seed": config["seed"],
         "scenario": sequence.scenario.kind,
         "importance": kind,
-        "fisher_estimator": strategy.importance.name if kind == "fisher" else None,
+        "fisher_estimator": strategy.importance.name
+        if kind == "fisher" and strategy.importance
+        else None,  # ewcpp's running Fisher has no estimator
         "task_names": [task.name for task in sequence.tasks],
         "acc_matrix": acc.tolist(),
         "avg_acc": average_accuracy(acc, last),
