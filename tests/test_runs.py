@@ -200,3 +200,21 @@ def test_a_run_on_the_validation_split_says_so_and_differs(tmp_path, data_root):
     assert on_validation["acc_matrix"] != on_test["acc_matrix"]
     with pytest.raises(ewcexp.data.DataUnavailable, match=r"^data.validation_size=400 is not"):
         experiment(tmp_path / "all", data_root, "data.validation_size=400")
+
+
+def test_runs_starting_together_unpack_the_debian_files_without_tripping_on_each_other(tmp_path):
+    """A job array's runs may copy Fashion-MNIST from the Debian package at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    package_dir = tmp_path / "package"
+    package_dir.mkdir()
+    images, _ = synthetic_images(50, 0)
+    plain = tmp_path / "train-images-idx3-ubyte"
+    write_idx(plain, images)
+    (package_dir / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    for attempt in range(5):
+        folder = tmp_path / f"raw{attempt}"
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda _, f=folder: ewcexp.data._gunzip_all(package_dir, f), range(4)))
+        assert (folder / plain.name).read_bytes() == plain.read_bytes()
+        assert not list(folder.glob("*.partial"))

