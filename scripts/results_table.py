@@ -2,6 +2,7 @@
 
     python scripts/results_table.py best-lambda DIR   # the λ with the best mean avg_acc
     python scripts/results_table.py table OUT         # markdown, from fashion_mnist_results.sh's OUT
+    python scripts/results_table.py relatives OUT     # the SI and MAS section alone (relatives_results.sh)
 
 Accuracies are means over seeds ± the standard error of the mean (sd/√n).
 """
@@ -113,6 +114,47 @@ def estimator_table(out: Path) -> list[str]:
     return lines
 
 
+RELATIVES = ("si", "mas")
+
+
+def relatives_section(out: Path) -> list[str]:
+    """SI and MAS per setting (λ chosen on the validation split), and their λ sweeps."""
+    lines = [
+        "## SI and MAS",
+        "",
+        "SI and MAS on the same settings (`bash scripts/relatives_results.sh`), their λ chosen",
+        "by a sweep at seed 0 on 10,000 held-out training images (`data.validation_size=10000`,",
+        "the test set unseen), then seeds 0, 1, 2 on the test set; MAS on 5,000 samples per task",
+        "like the Fisher. Final average accuracy (%), mean ± standard error:",
+        "",
+        "| sequence | scenario | si | mas |",
+        "|---|---|---|---|",
+    ]
+    sweeps = [
+        "| sequence | scenario | si: λ → validation acc (%) | mas: λ → validation acc (%) |",
+        "|---|---|---|---|",
+    ]
+    for folder, (sequence, scenario) in SETTINGS.items():
+        cells, sweep_cells = [], []
+        for method in RELATIVES:
+            runs = runs_under(out / folder / method)
+            cell = mean_and_error([r["avg_acc"] for r in runs]) if runs else "–"
+            if runs:
+                cell += f" (λ={float(runs[0]['lambda']):g})"
+            cells.append(cell)
+            sweep_cells.append(sweep_cell(out / folder / f"sweep_{method}"))
+        if any(c != "–" for c in cells):
+            lines.append(f"| {sequence} | {scenario} | " + " | ".join(cells) + " |")
+            sweeps.append(f"| {sequence} | {scenario} | " + " | ".join(sweep_cells) + " |")
+    return [
+        *lines,
+        "",
+        "λ sweeps on the validation split (seed 0; bold: the λ used above):",
+        "",
+        *sweeps,
+    ]
+
+
 def ewc_gains(out: Path) -> list[str]:
     """How far each EWC variant lands above fine-tuning, per setting: the pattern to check."""
     lines = []
@@ -189,6 +231,8 @@ def table(out: Path) -> str:
         "",
         *sweep_table(out),
         "",
+        *relatives_section(out),
+        "",
         "## Fisher estimators",
         "",
         "EWC on permuted Fashion-MNIST with each estimator (`exact`: seeds 0, 1, 2; the others:",
@@ -207,11 +251,13 @@ def table(out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("best-lambda", "table"))
+    parser.add_argument("command", choices=("best-lambda", "table", "relatives"))
     parser.add_argument("folder", type=Path)
     args = parser.parse_args()
     if args.command == "best-lambda":
         print(f"{best_lambda(args.folder):g}")
+    elif args.command == "relatives":
+        print("\n".join(relatives_section(args.folder)))
     else:
         print(table(args.folder))
 
