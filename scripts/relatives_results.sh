@@ -17,7 +17,7 @@ declare -A SETTINGS=(
     [permuted_domain]="task_sequence=permuted_fashion_mnist task_sequence.scenario=domain task_sequence.num_tasks=5"
 )
 declare -A EXTRA=([si]="" [mas]="strategy.importance.num_samples=5000")  # MAS: as many as the Fisher
-LAMBDAS=0.1,1,10,100,1000
+LAMBDAS=0.001,0.01,0.1,1,10,100,1000
 
 multirun() {  # multirun DIR OVERRIDES...: skipped once done
     local dir=$1

@@ -190,6 +190,21 @@ README of their code) to compare against on a machine with internet
 | `uv run python run.py -m experiment=permuted_mnist_domain strategy=finetune,ewc,online_ewc seed=0,1,2` | EWC ≈ 94 %, online EWC ≈ 94 %, no penalty ≈ 78 % |
 | `uv run python run.py -m experiment=split_cifar10_task strategy=finetune,ewc device=cuda seed=0,1,2` | (reduced ResNet-18; no number in the notes, meant for a GPU) |
 
+**Hsu et al. 2018** ("Re-evaluating continual learning scenarios": split MNIST, MLP 2×400,
+Adam 1e-3, batch 128, 4 epochs per task; average accuracy over 10 runs, %). The presets
+`hsu_split_mnist_{task,domain,class}` set this up; their λ is each method's `reg_coef` from
+that paper's scripts times 2 (their loss adds `reg_coef·ΣΩ(θ−θ*)²`, without our ½). Their EWC
+Fisher and MAS importance are minibatch estimates on another scale than ours, so for EWC and
+MAS those λ are a starting point for a sweep rather than the same setting:
+
+| method | task | domain | class | command (task-incremental; the others alike) |
+|---|---|---|---|---|
+| EWC | 97.70 | 58.85 | 19.80 | `uv run python run.py -m experiment=hsu_split_mnist_task strategy=ewc lambda=200 seed=0,1,2` |
+| online EWC | 98.04 | 57.33 | 19.77 | `... strategy=online_ewc lambda=800` (domain 1400, class 200) |
+| SI | 98.56 | 64.76 | 19.67 | `... strategy=si lambda=600` (domain 6000, class 1200) |
+| MAS | 99.22 | 68.57 | 19.52 | `... strategy=mas lambda=2` (domain 20000, class 2) |
+| Adam (no penalty) | 93.46 | 55.16 | 19.71 | `... strategy=finetune` |
+
 Summarise any of them with `uv run python -m ewcexp.report multirun/<date>/<time>`.
 """
 
