@@ -39,7 +39,7 @@ def stored_tensors(strategy: Strategy) -> list[torch.Tensor]:
     """Every tensor the penalty keeps (stiffnesses and anchors)."""
     if strategy.penalty is None:
         return []
-    return [t for term in strategy.penalty.terms for t in term.stiffness + term.anchor]
+    return [t for term in strategy.penalty.terms for t in (*term.stiffness, *term.anchor)]
 
 
 def read_once_ms(tensors: list[torch.Tensor], repeats: int) -> float:
