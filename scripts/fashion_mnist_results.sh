@@ -12,25 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/fashion_mnist}
-SEEDS=0,1,2
-COMMON=(logger=none train.log_every=1000 fisher.num_samples=5000)
-
-declare -A SETTINGS=(
-    [split_task]="task_sequence=split_fashion_mnist task_sequence.scenario=task"
-    [split_class]="task_sequence=split_fashion_mnist task_sequence.scenario=class"
-    [permuted_domain]="task_sequence=permuted_fashion_mnist task_sequence.scenario=domain task_sequence.num_tasks=5"
-)
-
-multirun() {  # multirun DIR OVERRIDES...: skipped once done; an interrupted one resumes its jobs
-    local dir=$1
-    shift
-    [[ -e $dir/.done ]] && { echo "== $dir: done before, kept"; return; }
-    echo "== $dir: $*"
-    uv run python run.py -m "$@" "${COMMON[@]}" "hydra.sweep.dir=$dir" >"$dir.log" 2>&1 ||
-        { echo "failed, see $dir.log" >&2; exit 1; }
-    touch "$dir/.done"
-}
-best_lambda() { uv run python scripts/results_table.py best-lambda "$1"; }
+source scripts/results_common.sh  # SETTINGS, COMMON, SEEDS, multirun, best_lambda
 
 mkdir -p "$OUT"
 for name in split_task split_class permuted_domain; do
