@@ -3,13 +3,16 @@
 `python run.py --help` lists the config groups and every key.
 """
 
+import gc
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+gc.disable()  # until the imports are done: they create objects that live as long as the process
 
-from ewcexp.cli import unknown_group_choice, unknown_key, unwritable_run_dir
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from ewcexp.cli import unknown_group_choice, unknown_key, unwritable_run_dir  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -23,6 +26,9 @@ def main(cfg: DictConfig) -> float:
     from ewcexp.data import DataUnavailable
     from ewcexp.runner import run_experiment
 
+    if not gc.isenabled():  # the first job of this process: torch & co. are imported now
+        gc.freeze()  # their objects never need collecting: keep them out of every collection
+        gc.enable()
     hydra = HydraConfig.get()
     multirun = hydra.mode == RunMode.MULTIRUN
     try:

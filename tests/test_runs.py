@@ -228,6 +228,7 @@ def test_folders_are_where_torchvision_reads_and_a_fallback_without_download_ski
     for name in ewcexp.data.TORCHVISION_CLASSES:
         folder, _ = ewcexp.data.expected_files(ewcexp.data._dataset_class(name), tmp_path)
         assert folder == tmp_path / ewcexp.data.FOLDERS[name]
+    (tmp_path / "none" / "MNIST" / "raw").mkdir(parents=True)  # as a failed download leaves it
     code = (
         "import sys, ewcexp.data as d; "
         f"data = d.load_images('mnist', {str(tmp_path / 'none')!r}, download=False); "

