@@ -7,6 +7,7 @@ the logger, a stop); `learn_sequence` is the loop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,8 @@ def run_experiment(
     """Train `cfg.task_sequence` with `cfg.strategy`; write `results.json` and figures to
     `output_dir`; send metrics to `cfg.logger` (`run_group`/`run_name`: defaults for it).
     On SIGTERM/SIGUSR1/SIGUSR2 it checkpoints, closes the logger and exits for a requeue."""
-    run, state, logger_run_id = prepare(cfg, output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
+    run, state, logger_run_id = prepare(cfg, config, output_dir)
     run.logger.start(config, output_dir, group=run_group, name=run_name, run_id=logger_run_id)
     complete = False
     with StopRequest() as stop:
@@ -101,16 +102,18 @@ def run_experiment(
     return results
 
 
-def prepare(cfg: DictConfig, output_dir: Path) -> tuple[Run, LoopState, str | None]:
+def prepare(
+    cfg: DictConfig, config: dict[str, Any], output_dir: Path
+) -> tuple[Run, LoopState, str | None]:
     """The components `cfg` names, and the loop's state: fresh, or restored from the run
-    directory's checkpoint (with the logger's run id to continue)."""
-    record = Record(acc=torch.zeros(0))  # its clock starts now
+    directory's checkpoint written with the same `config` (with the logger's run id)."""
+    started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = instantiate(cfg.device).resolve()
     sequence: TaskSequence = instantiate(
         cfg.task_sequence, images=instantiate(cfg.data)(cfg.task_sequence.dataset)
     )
-    record.acc = torch.zeros(len(sequence.tasks), len(sequence.tasks))
+    record = Record(torch.zeros(len(sequence.tasks), len(sequence.tasks)), started=started)
     model: nn.Module = instantiate(
         cfg.model, input_shape=sequence.input_shape, out_features=sequence.scenario.output_size
     ).to(device)
@@ -126,7 +129,6 @@ def prepare(cfg: DictConfig, output_dir: Path) -> tuple[Run, LoopState, str | No
         batch_rng=torch.Generator().manual_seed(cfg.seed),
         fisher_rng=torch.Generator(device).manual_seed(cfg.seed),
     )
-    config = OmegaConf.to_container(cfg, resolve=True)
     resumed = checkpoint.load(output_dir, config) if cfg.resume else None
     if resumed is None:
         return run, state, None
