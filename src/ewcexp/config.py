@@ -82,10 +82,10 @@ def check_component(path: str, node: DictConfig) -> None:
             continue
         if key not in parameters:
             raise undeclared(f"{path}.{key}", node[key], f"{target} takes {', '.join(parameters)}")
-        if OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
-            continue  # the node it points to is checked where it is defined
-        if isinstance(node[key], DictConfig):
-            check_component(f"{path}.{key}", node[key])
+        if isinstance(node[key], DictConfig):  # a component: its keys seen by check_arguments
+            if not OmegaConf.is_interpolation(node, key):  # else checked where it is defined
+                check_component(f"{path}.{key}", node[key])
+            values[key] = OmegaConf.to_container(node[key], resolve=True)
             continue
         declared = parameters[key]
         if declared is None:

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ewcexp.importance import SampleCount, TaskData
+from ewcexp.kfac import KroneckerImportance, kronecker_factors
 from ewcexp.per_sample import per_sample_sum
-from ewcexp.schema import PositiveInt
+from ewcexp.schema import NonNegativeFloat, PositiveInt
 
 Estimator = Literal["exact", "sample", "empirical", "batched"]
 ESTIMATORS: tuple[str, ...] = get_args(Estimator)
@@ -46,6 +47,19 @@ class Fisher:
     num_samples: SampleCount = -1
     chunk_size: PositiveInt = 256
     batch_size: PositiveInt = 256
+    structure: Literal["diagonal", "kfac"] = "diagonal"
+    damping: NonNegativeFloat = 0.0  # kfac: √damping·I added to A and G
+
+    @staticmethod
+    def check_arguments(
+        path: str, estimator: str = "exact", structure: str = "diagonal", **_: object
+    ) -> str | None:
+        if structure == "kfac" and estimator == "batched":
+            return (
+                f"{path}.structure=kfac is not allowed with {path}.estimator=batched: Kronecker "
+                "factors are per sample (exact, sample or empirical)"
+            )
+        return None
 
     kind: ClassVar[str] = "fisher"
 
@@ -53,8 +67,10 @@ class Fisher:
     def name(self) -> str:
         return self.estimator
 
-    def __call__(self, model: nn.Module, data: TaskData) -> list[Tensor]:
+    def __call__(self, model: nn.Module, data: TaskData) -> list[Tensor] | KroneckerImportance:
         images, labels = data.subset(self.num_samples)
+        if self.structure == "kfac":
+            return self.kronecker(model, images, labels, data)
         return estimate_fisher(
             model,
             images,
@@ -64,6 +80,30 @@ class Fisher:
             chunk_size=self.chunk_size,
             batch_size=self.batch_size,
             generator=data.generator,
+        )
+
+    def kronecker(
+        self, model: nn.Module, images: Tensor, labels: Tensor, data: TaskData
+    ) -> KroneckerImportance:
+        """Kronecker blocks for Linear and Conv2d layers, the diagonal for the rest (BatchNorm,
+        layers used twice). For `sample`, the two parts draw their labels independently."""
+
+        def signals_for(logits: Tensor, rows: slice) -> Tensor:
+            return _signals(logits.softmax(-1), labels[rows], self.estimator, data.generator)
+
+        classes = data.active.stop - data.active.start
+        blocks = kronecker_factors(
+            model, images, signals_for, active=data.active,
+            signals_per_sample=classes if self.estimator == "exact" else 1,
+            chunk_size=self.chunk_size,
+        )  # fmt: skip
+        covered = {b.weight for b in blocks} | {b.bias for b in blocks if b.bias is not None}
+        diagonal = estimate_fisher(
+            model, images, labels, estimator=self.estimator, active=data.active,
+            chunk_size=self.chunk_size, generator=data.generator,
+        )  # fmt: skip
+        return KroneckerImportance(
+            [None if i in covered else f for i, f in enumerate(diagonal)], blocks
         )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +66,14 @@ class TaskData:
             )[:num_samples].cpu()
             images, labels = images[chosen], labels[chosen]
         return images.to(self.device), labels.to(self.device)
+
+
+def diagonal_of(importance: list[Tensor] | Any, params: list[Tensor]) -> list[Tensor]:
+    """An importance as one tensor per parameter, for the logs: a structured one (Kronecker
+    blocks) through its `as_diagonal`."""
+    return (
+        list(importance) if isinstance(importance, list | tuple) else importance.as_diagonal(params)
+    )
 
 
 class ImportanceEstimator(Protocol):

@@ -148,7 +148,7 @@ def _add_chunk(
     if layers:
         outputs = [seen[m][1] for m in layers]
         linear_moments = [0.0] * len(plan.linears)  # Σ over signals of moment(δ), per Linear
-        patches = {conv: _unfold(conv, seen[conv][0]) for conv in plan.convs}
+        patches = {conv: unfold(conv, seen[conv][0]) for conv in plan.convs}
         # one backward pass per signal (for `exact`, per class), each used at once; batching
         # them with `is_grads_batched` is slower (vmap falls back to loops for max-pooling)
         for signal in signals:
@@ -178,7 +178,7 @@ def _add_linear(
         totals[layer.bias] += delta_moment.sum(0)
 
 
-def _unfold(layer: nn.Conv2d, inputs: Tensor) -> Tensor:
+def unfold(layer: nn.Conv2d, inputs: Tensor) -> Tensor:
     """The input patches each output position sees, transposed: [sample, positions, in·kh·kw]."""
     patches = F.unfold(inputs, layer.kernel_size, layer.dilation, layer.padding, layer.stride)
     return patches.transpose(1, 2)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ewcexp import checkpoint
 from ewcexp.evaluation import accuracy
-from ewcexp.importance import TaskData
+from ewcexp.importance import TaskData, diagonal_of
 from ewcexp.logger import NoLogger
 from ewcexp.metrics import average_accuracy
 from ewcexp.preemption import StopRequest
@@ -199,7 +199,8 @@ def consolidate_task(run: Run, state: LoopState, t: int) -> None:
     if importance is not None:
         accumulated = run.strategy.accumulated_importance()
         record_importance(
-            run.record, run.logger, run.strategy.importance_kind, t, run.by_name(importance),
+            run.record, run.logger, run.strategy.importance_kind, t,
+            run.by_name(diagonal_of(importance, run.params)),
             run.by_name(accumulated) if accumulated else None,
         )  # fmt: skip
 

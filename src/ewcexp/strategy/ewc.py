@@ -7,9 +7,22 @@ from __future__ import annotations
 import torch
 
 from ewcexp.importance import ImportanceEstimator
+from ewcexp.kfac import KroneckerImportance
 from ewcexp.schema import Fraction, NonNegativeFloat
 from ewcexp.strategy.base import PenaltyStrategy
 from ewcexp.strategy.penalty import Tensors, snapshot
+
+
+def diagonal_only(path: str, importance: dict | None = None, **_: object) -> str | None:
+    """Strategies that merge the tasks' terms need diagonal ones: a sum of Kronecker products
+    is not a Kronecker product (checked with the config, before anything loads)."""
+    if importance and importance.get("structure") == "kfac":
+        return (
+            f"{path}: this strategy is not allowed with fisher.structure=kfac: it merges the "
+            "tasks' terms into one, and a sum of Kronecker products is not one; use "
+            "strategy=ewc (one term per task, exact)"
+        )
+    return None
 
 
 class EWC(PenaltyStrategy):
@@ -18,7 +31,12 @@ class EWC(PenaltyStrategy):
     name = "ewc"
 
     def consolidate(self, params: Tensors, importance: Tensors | None) -> None:
-        self.penalty.add(importance, snapshot(params))
+        if isinstance(importance, KroneckerImportance):  # fisher.structure=kfac: exact too
+            damping = getattr(self.importance, "damping", 0.0)
+            term = importance.term(snapshot(params), self.penalty.strength, damping)
+            self.penalty.terms.append(term)
+        else:
+            self.penalty.add(importance, snapshot(params))
 
 
 class EWCSum(PenaltyStrategy):
@@ -26,6 +44,7 @@ class EWCSum(PenaltyStrategy):
     mean of the anchors. Same gradient as `ewc`, O(P) for any number of tasks."""
 
     name = "ewc_sum"
+    check_arguments = staticmethod(diagonal_only)
 
     def consolidate(self, params: Tensors, importance: Tensors | None) -> None:
         self.penalty.merge(importance, snapshot(params))
@@ -54,6 +73,7 @@ class OnlineEWC(PenaltyStrategy):
     (γ is applied once, here; some implementations multiply by γ again inside the loss.)"""
 
     name = "online_ewc"
+    check_arguments = staticmethod(diagonal_only)
 
     def __init__(
         self,

@@ -1,0 +1,205 @@
+"""Kronecker-factored Fisher blocks (K-FAC; KFC for convolutions) and their penalty term.
+
+For a layer s = W ā (ā: its input with a 1 appended for the bias; W: out × (in+1)), the
+per-sample gradient of −log p is g āᵀ, and the Fisher block of vec(W) is approximated as
+
+    F ≈ A ⊗ G,    A = E[ā āᵀ],    G = E[g gᵀ]      (Martens & Grosse 2015)
+
+with G's expectation over the same label choices as the diagonal Fisher (`exact`: over the
+model's predictive distribution; `sample`; `empirical`): each is a set of backward signals
+on the logits (see `fisher._signals`), and G sums δδᵀ over them. For a convolution (Grosse &
+Martens 2016) ā_t are the unfolded patches and δ_t the output gradients at each of its T
+positions; here A = E_n[(1/T) Σ_t ā_t ā_tᵀ] (a mean over positions) and G = E_n[Σ_t δ_t δ_tᵀ]
+(a sum), so that A ⊗ G = T·E_t[āāᵀ] ⊗ E_t[δδᵀ]: KFC's approximation of the second moment
+of the per-sample gradient Σ_t δ_t ā_tᵀ, which assumes uncorrelated positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ewcexp.per_sample import Signals, plan_for, unfold
+from ewcexp.strategy.penalty import PenaltyTerm, Tensors
+
+
+@dataclass
+class Factors:
+    """A ⊗ G for one layer; `weight` and `bias` index its parameters in the model's list of
+    trainable parameters (`bias` None without one)."""
+
+    weight: int
+    bias: int | None
+    A: Tensor
+    G: Tensor
+
+
+def homogeneous(inputs: Tensor, bias: bool) -> Tensor:
+    """Rows ā = [a, 1] (the 1 only for a layer with a bias)."""
+    return torch.cat([inputs, inputs.new_ones(*inputs.shape[:-1], 1)], -1) if bias else inputs
+
+
+def kronecker_factors(
+    model: nn.Module,
+    images: Tensor,
+    signals_for: Signals,
+    *,
+    active: slice,
+    signals_per_sample: int,
+    chunk_size: int = 256,
+) -> list[Factors]:
+    """A and G of every Linear layer applied once per sample and every unfoldable Conv2d,
+    from one forward pass and one backward pass per signal, chunk by chunk."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    index = {id(p): i for i, p in enumerate(params)}
+    was_training = model.training
+    model.eval()
+    try:
+        plan = plan_for(model, params, images[:1])
+        layers = plan.linears + plan.convs
+        a_sums: dict[nn.Module, Tensor] = {}
+        g_sums: dict[nn.Module, Tensor] = {}
+        positions: dict[nn.Module, int] = {}
+        chunk = min(chunk_size, plan.max_chunk(signals_per_sample))
+        seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}  # a layer's input and output
+        for start in range(0, len(images), chunk):
+            rows = slice(start, start + chunk)
+            seen.clear()
+            hooks = [
+                m.register_forward_hook(lambda m, i, o: seen.update({m: (i[0].detach(), o)}))
+                for m in layers
+            ]
+            try:
+                logits = model(images[rows])[:, active]
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            signals = signals_for(logits.detach(), rows)
+            for m in layers:  # A does not depend on the labels
+                inputs = seen[m][0]
+                rows_in = inputs if isinstance(m, nn.Linear) else unfold(m, inputs)
+                a = homogeneous(rows_in, m.bias is not None).flatten(0, -2)
+                positions[m] = 1 if isinstance(m, nn.Linear) else rows_in.shape[1]
+                a_sums[m] = a_sums.get(m, 0) + a.T @ a
+            outputs = [seen[m][1] for m in layers]
+            for signal in signals:
+                deltas = torch.autograd.grad(logits, outputs, signal, retain_graph=True)
+                for m, delta in zip(layers, deltas, strict=True):
+                    d = delta if isinstance(m, nn.Linear) else delta.flatten(2).transpose(1, 2)
+                    d = d.flatten(0, -2)  # [samples·positions, out]
+                    g_sums[m] = g_sums.get(m, 0) + d.T @ d
+    finally:
+        model.train(was_training)
+    return [
+        Factors(
+            index[id(m.weight)],
+            None if m.bias is None else index[id(m.bias)],
+            a_sums[m] / (len(images) * positions[m]),
+            g_sums[m] / len(images),
+        )
+        for m in layers
+    ]
+
+
+@dataclass
+class KroneckerImportance:
+    """One task's Fisher: Kronecker blocks for the layers that have them, the diagonal for
+    every other parameter (None where a block covers it)."""
+
+    diagonal: list[Tensor | None]
+    blocks: list[Factors]
+
+    def term(self, anchor: Tensors, strength: float, damping: float = 0.0) -> KroneckerTerm:
+        """The penalty term around `anchor` with strength λ: λ·F on the diagonal, λ·G in the
+        blocks; `damping` d adds √d·I to A and to G."""
+        root = damping**0.5
+        blocks = [
+            Factors(
+                b.weight,
+                b.bias,
+                b.A + root * torch.eye(len(b.A), dtype=b.A.dtype, device=b.A.device),
+                strength * (b.G + root * torch.eye(len(b.G), dtype=b.G.dtype, device=b.G.device)),
+            )
+            for b in self.blocks
+        ]
+        stiffness = [None if f is None else strength * f for f in self.diagonal]
+        return KroneckerTerm(stiffness, anchor, blocks)
+
+    def as_diagonal(self, params: list[Tensor]) -> list[Tensor]:
+        """Every parameter's diagonal, a block's being diag(A ⊗ G) = diag(G) diag(A)ᵀ: for
+        the histograms and statistics the diagonal Fisher gets."""
+        out = list(self.diagonal)
+        for block in self.blocks:
+            both = torch.outer(block.G.diagonal(), block.A.diagonal())
+            weight = params[block.weight]
+            out[block.weight] = both[:, : weight[0].numel()].reshape(weight.shape)
+            if block.bias is not None:
+                out[block.bias] = both[:, -1]
+        return out
+
+
+class KroneckerTerm(PenaltyTerm):
+    """q(θ) = Σ_i K_i (θ_i − θ*_i)² over the parameters outside any block, plus, per block,
+    tr(ΔW̄ᵀ G ΔW̄ A) with ΔW̄ = [ΔW, Δb] (G already scaled by λ): one task's penalty.
+    Its gradient G ΔW̄ A is formed from the stored factors, outside any autograd graph."""
+
+    kind = "kronecker"
+
+    def __init__(self, stiffness: list[Tensor | None], anchor: Tensors, blocks: list[Factors]):
+        self.stiffness, self.anchor, self.blocks = stiffness, anchor, blocks
+
+    def _difference(self, params: Tensors, block: Factors) -> Tensor:
+        weight = params[block.weight] - self.anchor[block.weight]
+        columns = [weight.reshape(len(weight), -1)]
+        if block.bias is not None:
+            columns.append((params[block.bias] - self.anchor[block.bias])[:, None])
+        return torch.cat(columns, 1)
+
+    def quadratic(self, params: Tensors) -> float:
+        total = 0.0
+        for param, k, a in zip(params, self.stiffness, self.anchor, strict=True):
+            if k is not None:
+                total += float(torch.dot(((param - a) ** 2).flatten(), k.flatten()))
+        for block in self.blocks:
+            difference = self._difference(params, block)
+            total += float((block.G @ difference @ block.A * difference).sum())
+        return total
+
+    def _apply(self, grads: Tensors, params: Tensors, add: bool) -> None:
+        for grad, param, k, a in zip(grads, params, self.stiffness, self.anchor, strict=True):
+            if k is None:
+                continue
+            if add:
+                grad.addcmul_(k, param - a)
+            else:
+                torch.sub(param, a, out=grad).mul_(k)
+        for block in self.blocks:
+            gradient = block.G @ self._difference(params, block) @ block.A
+            parts = [(block.weight, gradient[:, : grads[block.weight][0].numel()])]
+            if block.bias is not None:
+                parts.append((block.bias, gradient[:, -1]))
+            for i, part in parts:
+                part = part.reshape(grads[i].shape)
+                grads[i].add_(part) if add else grads[i].copy_(part)
+
+    def write_gradient(self, grads: Tensors, params: Tensors) -> None:
+        self._apply(grads, params, add=False)
+
+    def add_gradient(self, grads: Tensors, params: Tensors) -> None:
+        self._apply(grads, params, add=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "stiffness": list(self.stiffness),
+            "anchor": list(self.anchor),
+            "blocks": [[b.weight, -1 if b.bias is None else b.bias, b.A, b.G] for b in self.blocks],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> KroneckerTerm:
+        blocks = [Factors(w, None if b < 0 else b, A, G) for w, b, A, G in state["blocks"]]
+        return cls(list(state["stiffness"]), list(state["anchor"]), blocks)

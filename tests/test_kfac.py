@@ -1,0 +1,268 @@
+"""Kronecker factors against their definitions, sample by sample and position by position."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ewcexp.fisher import _signals
+from ewcexp.kfac import homogeneous, kronecker_factors
+
+
+def signals(estimator, labels, generator=None):
+    def signals_for(logits, rows):
+        return _signals(logits.softmax(-1), labels[rows], estimator, generator)
+
+    return signals_for
+
+
+class Net(nn.Module):
+    """A strided, dilated convolution with a bias, one without, and two Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(2, 3, 3, stride=2, dilation=2, padding=2)
+        self.conv2 = nn.Conv2d(3, 4, 2, bias=False)
+        self.fc1 = nn.Linear(4 * 4 * 4, 6)
+        self.fc2 = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.tanh(self.conv2(torch.tanh(self.conv1(x))))
+        return self.fc2(torch.tanh(self.fc1(x.flatten(1))))
+
+
+def per_sample_terms(model, images, labels, estimator, layer):
+    """For each sample: its layer input rows ā_t and, per label with its weight, the output
+    gradients g_t of −log p: by a forward and backward pass per sample and label."""
+    captured = {}
+    hook = layer.register_forward_hook(lambda m, i, o: captured.update(x=i[0], out=o))
+    try:
+        for n in range(len(images)):
+            logits = model(images[n : n + 1])
+            log_probs = logits.log_softmax(-1)[0]
+            probs = log_probs.detach().exp()
+            labels_weights = (
+                [(c, float(probs[c])) for c in range(len(probs))]
+                if estimator == "exact"
+                else [(int(labels[n]), 1.0)]
+            )
+            grads = [
+                (torch.autograd.grad(-log_probs[c], captured["out"], retain_graph=True)[0][0], w)
+                for c, w in labels_weights
+            ]
+            yield captured["x"][0].detach(), grads
+    finally:
+        hook.remove()
+
+
+def patches_by_hand(conv, x):
+    """The input patch each output position sees, by slicing: [positions, C·kh·kw]."""
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (
+        conv.kernel_size,
+        conv.stride,
+        conv.dilation,
+        conv.padding,
+    )
+    padded = F.pad(x, (pw, pw, ph, ph))
+    rows = []
+    height = (padded.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    width = (padded.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    for i in range(height):
+        for j in range(width):
+            window = padded[
+                :,
+                i * sh : i * sh + dh * (kh - 1) + 1 : dh,
+                j * sw : j * sw + dw * (kw - 1) + 1 : dw,
+            ]
+            rows.append(window.flatten())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "empirical"])
+def test_factors_equal_their_sums_over_samples_and_positions(estimator):
+    model = Net().eval()
+    images, labels = torch.randn(7, 2, 9, 9), torch.randint(0, 5, (7,))
+    factors = kronecker_factors(
+        model, images, signals(estimator, labels), active=slice(0, 5),
+        signals_per_sample=5 if estimator == "exact" else 1, chunk_size=3,
+    )  # fmt: skip
+    params = list(model.parameters())
+    by_layer = {id(params[f.weight]): f for f in factors}
+    for layer in (model.conv1, model.conv2, model.fc1, model.fc2):
+        a_sum, g_sum, positions = 0, 0, 1
+        for x, grads in per_sample_terms(model, images, labels, estimator, layer):
+            rows = x[None] if isinstance(layer, nn.Linear) else patches_by_hand(layer, x)
+            positions = len(rows)
+            a = homogeneous(rows, layer.bias is not None)
+            a_sum = a_sum + a.T @ a
+            for g, weight in grads:  # g: [out] or [out, H, W]
+                per_position = g[None] if isinstance(layer, nn.Linear) else g.flatten(1).T
+                g_sum = g_sum + weight * per_position.T @ per_position
+        found = by_layer[id(layer.weight)]
+        torch.testing.assert_close(found.A, a_sum / (len(images) * positions), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(found.G, g_sum / len(images), rtol=1e-4, atol=1e-6)
+
+
+def test_one_sample_linear_block_is_the_per_sample_outer_product():
+    """For one sample and a Linear layer, A ⊗ G is exactly vec(∇W̄) vec(∇W̄)ᵀ (column-stacking
+    vec, W̄ = [W, b]): the approximation is exact there."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 5)).eval()
+    image, label = torch.randn(1, 4), torch.tensor([2])
+    (first, _) = kronecker_factors(
+        model, image, signals("empirical", label), active=slice(0, 5), signals_per_sample=1
+    )
+    loss = F.cross_entropy(model(image), label)
+    weight_grad, bias_grad = torch.autograd.grad(loss, [model[0].weight, model[0].bias])
+    gradient = torch.cat([weight_grad, bias_grad[:, None]], 1).T.flatten()  # column-stacking vec
+    torch.testing.assert_close(torch.kron(first.A, first.G), torch.outer(gradient, gradient))
+
+
+def dense_penalty(params, anchor, term_blocks, stiffness):
+    """Σ diagonal K(θ−θ*)² + Σ_blocks vec(ΔW̄)ᵀ (A ⊗ G) vec(ΔW̄), the Kronecker product built
+    explicitly (column-stacking vec), differentiable."""
+    total = 0
+    for p, a, k in zip(params, anchor, stiffness, strict=True):
+        if k is not None:
+            total = total + (k * (p - a) ** 2).sum()
+    for block in term_blocks:
+        difference = (params[block.weight] - anchor[block.weight]).reshape(len(block.G), -1)
+        if block.bias is not None:
+            difference = torch.cat(
+                [difference, (params[block.bias] - anchor[block.bias])[:, None]], 1
+            )
+        v = difference.T.flatten()
+        total = total + v @ torch.kron(block.A, block.G) @ v
+    return total
+
+
+def random_spd(size, generator):
+    m = torch.randn(size, size, generator=generator, dtype=torch.float64)
+    return m @ m.T / size + 0.1 * torch.eye(size, dtype=torch.float64)
+
+
+def kfac_tasks(generator, num_tasks):
+    """A conv (with bias), a bias-free Linear, a plain Linear and a BatchNorm-like vector;
+    per task a KroneckerImportance and an anchor."""
+    from ewcexp.kfac import Factors, KroneckerImportance
+
+    shapes = [(3, 2, 2, 2), (3,), (4, 3), (5, 4), (5,), (6,)]
+    tasks = []
+    for _ in range(num_tasks):
+        blocks = [
+            Factors(0, 1, random_spd(2 * 2 * 2 + 1, generator), random_spd(3, generator)),
+            Factors(2, None, random_spd(3, generator), random_spd(4, generator)),
+            Factors(3, 4, random_spd(4 + 1, generator), random_spd(5, generator)),
+        ]
+        diagonal = [None] * 5 + [torch.rand(6, generator=generator, dtype=torch.float64)]
+        anchor = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+        tasks.append((KroneckerImportance(diagonal, blocks), anchor))
+    params = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
+    return tasks, params
+
+
+def test_kronecker_penalty_value_and_gradient_equal_the_dense_quadratic():
+    """(λ/2)·tr(ΔW̄ᵀ G ΔW̄ A) per block = (λ/2)·vec(ΔW̄)ᵀ(A⊗G)vec(ΔW̄); the gradient written
+    before backward (first task written, later ones added) equals autograd of the dense form;
+    a checkpoint's state rebuilds the same penalty."""
+    from ewcexp.strategy.ewc import EWC
+
+    generator = torch.Generator().manual_seed(0)
+    tasks, params = kfac_tasks(generator, 2)
+    strategy = EWC(strength=3.0)
+    for importance, anchor in tasks:
+        strategy.consolidate(anchor, importance)
+    leaves = [p.clone().requires_grad_() for p in params]
+    dense = (
+        sum(
+            dense_penalty(
+                leaves,
+                anchor,
+                imp.term(anchor, 3.0).blocks,
+                [None if k is None else k * 3.0 for k in imp.diagonal],
+            )
+            for imp, anchor in tasks
+        )
+        / 2
+    )
+    assert strategy.penalty_value(params) == pytest.approx(float(dense.detach()), rel=1e-10)
+    want = torch.autograd.grad(dense, leaves)
+    written = [p.clone() for p in params]
+    strategy.write_penalty_gradient(written)
+    for got, expected in zip([p.grad for p in written], want, strict=True):
+        torch.testing.assert_close(got, expected)
+    restored = EWC(strength=3.0)
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.penalty_value(params) == strategy.penalty_value(params)
+
+
+def test_merging_strategies_refuse_kronecker_blocks_in_one_line_before_anything_loads():
+    from ewcexp.config import ConfigError, check_config
+    from tests.conftest import compose_config
+
+    for strategy in ("ewc_sum", "online_ewc", "l2", "mas"):
+        cfg = compose_config(f"strategy={strategy}", "fisher.structure=kfac")
+        if strategy in ("l2", "mas"):  # no Fisher: nothing to refuse
+            check_config(cfg)
+            continue
+        with pytest.raises(
+            ConfigError, match=r"^strategy: this strategy is not allowed with fisher.structure=kfac"
+        ):
+            check_config(cfg)
+    check_config(compose_config("strategy=ewc", "fisher.structure=kfac"))
+    with pytest.raises(
+        ConfigError, match=r"^fisher.structure=kfac is not allowed with fisher.estimator=batched"
+    ):
+        check_config(compose_config("strategy=ewc", "fisher.structure=kfac", "fisher=batched"))
+
+
+@pytest.mark.slow
+def test_kfac_ewc_runs_on_the_mlp_and_the_cnn_and_resumes_to_the_same_numbers(tmp_path, data_root):
+    """The issue's commands, shortened; then the MLP run killed mid-task and resumed."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, TINY, run_cli
+    from tests.test_resume import KILLER
+
+    common = [*TINY, "strategy=ewc", "fisher.structure=kfac", "fisher.num_samples=100", "lambda=10"]
+    cnn = [o for o in common if not o.startswith("model.")]
+    for name, args in (
+        ("mlp", common),
+        (
+            "cnn",
+            [
+                *cnn,
+                "model=cnn",
+                "model.channels=[4,8]",
+                "model.hidden_size=16",
+                "task_sequence=split_fashion_mnist",
+            ],
+        ),
+    ):
+        (tmp_path / name).mkdir()
+        done = run_cli(*args, cwd=tmp_path / name, data_root=data_root)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results = json.loads((tmp_path / name / "run" / "results.json").read_text())
+        assert results["fisher_estimator"] == "exact" and len(results["fisher"]) == 3
+        assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.5
+    run_dir = tmp_path / "cut" / "run"
+    cut = subprocess.run(
+        [sys.executable, "-c", KILLER, "ewcexp.training.active_cross_entropy", str(30 + 12), "SIGTERM",
+         str(REPO / "run.py"), *common, f"data.root={data_root}", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert cut.returncode == 128 + signal.SIGTERM, cut.stderr[-2000:]
+    resumed = run_cli(*common, cwd=tmp_path / "cut", data_root=data_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def numbers(folder):
+        results = json.loads((folder / "run" / "results.json").read_text())
+        return [results[k] for k in ("acc_matrix", "avg_acc", "fisher")]
+
+    assert numbers(tmp_path / "cut") == numbers(tmp_path / "mlp")
