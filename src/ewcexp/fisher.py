@@ -98,6 +98,9 @@ class Fisher:
             chunk_size=self.chunk_size,
         )  # fmt: skip
         covered = {b.weight for b in blocks} | {b.bias for b in blocks if b.bias is not None}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if len(covered) == len(trainable):  # every parameter in a block: no diagonal to estimate
+            return KroneckerImportance([None] * len(trainable), blocks)
         diagonal = estimate_fisher(
             model, images, labels, estimator=self.estimator, active=data.active,
             chunk_size=self.chunk_size, generator=data.generator,
