@@ -199,13 +199,77 @@ def test_kronecker_penalty_value_and_gradient_equal_the_dense_quadratic():
     assert restored.penalty_value(params) == strategy.penalty_value(params)
 
 
-def test_merging_strategies_refuse_kronecker_blocks_in_one_line_before_anything_loads():
+def nearest_by_svd(dense, m, n):
+    """The nearest Kronecker product to a dense (m·n)² matrix, by brute force: its entries
+    rearranged into an m² × n² matrix whose leading singular pair gives it."""
+    rearranged = dense.reshape(m, n, m, n).permute(0, 2, 1, 3).reshape(m * m, n * n)
+    u, s, vh = torch.linalg.svd(rearranged)
+    best = s[0] * torch.outer(u[:, 0], vh[0])
+    return best.reshape(m, m, n, n).permute(0, 2, 1, 3).reshape(m * n, m * n)
+
+
+def test_nearest_kronecker_product_is_the_leading_singular_pair_and_exact_when_factors_agree():
+    from ewcexp.kfac import nearest_kronecker
+
+    generator = torch.Generator().manual_seed(3)
+    pairs = [(random_spd(3, generator), random_spd(4, generator)) for _ in range(3)]
+    dense = sum(torch.kron(a, g) for a, g in pairs)
+    a, g = nearest_kronecker(pairs)
+    torch.testing.assert_close(torch.kron(a, g), nearest_by_svd(dense, 3, 4))
+    assert torch.linalg.eigvalsh(a).min() > 0 and torch.linalg.eigvalsh(g).min() > 0
+    assert (torch.kron(a, g) - dense).norm() > 1e-3 * dense.norm()  # an approximation here
+    shared = pairs[0][1]  # all G proportional: the sum is one Kronecker product
+    exact = [(pairs[0][0], shared), (pairs[1][0], 2.5 * shared)]
+    a, g = nearest_kronecker(exact)
+    torch.testing.assert_close(
+        torch.kron(a, g), torch.kron(exact[0][0], shared) + torch.kron(exact[1][0], 2.5 * shared)
+    )
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.7, 0.0])
+def test_online_kronecker_penalty_is_the_nearest_kronecker_product_of_the_decayed_sum(gamma):
+    """After two tasks, online EWC's penalty around θ*₂: on the diagonal λ(γF₁ + F₂), per
+    block the dense γ·λ(A₁⊗G₁) + λ(A₂⊗G₂) projected on Kronecker products by an SVD; its
+    value and written gradient equal that dense form's; a checkpoint restores it."""
+    from ewcexp.strategy.ewc import OnlineEWC
+
+    generator = torch.Generator().manual_seed(5)
+    [(first, first_anchor), (second, anchor)], params = kfac_tasks(generator, 2)
+    strategy = OnlineEWC(strength=3.0, gamma=gamma)
+    strategy.consolidate(first_anchor, first)
+    strategy.consolidate(anchor, second)
+    leaves = [p.clone().requires_grad_() for p in params]
+    total = 0
+    for p, a, f1, f2 in zip(leaves, anchor, first.diagonal, second.diagonal, strict=True):
+        if f2 is not None:
+            total = total + (3.0 * (gamma * f1 + f2) * (p - a) ** 2).sum()
+    for b1, b2 in zip(first.blocks, second.blocks, strict=True):
+        m, n = len(b1.A), len(b1.G)
+        dense = gamma * torch.kron(b1.A, 3.0 * b1.G) + torch.kron(b2.A, 3.0 * b2.G)
+        merged = nearest_by_svd(dense, m, n) if gamma else dense
+        difference = (leaves[b1.weight] - anchor[b1.weight]).reshape(n, -1)
+        if b1.bias is not None:
+            difference = torch.cat([difference, (leaves[b1.bias] - anchor[b1.bias])[:, None]], 1)
+        v = difference.T.flatten()
+        total = total + v @ merged @ v
+    assert strategy.penalty_value(params) == pytest.approx(float(total.detach()) / 2, rel=1e-9)
+    want = torch.autograd.grad(total / 2, leaves)
+    written = [p.clone() for p in params]
+    strategy.write_penalty_gradient(written)
+    for got, expected in zip([p.grad for p in written], want, strict=True):
+        torch.testing.assert_close(got, expected)
+    restored = OnlineEWC(strength=3.0, gamma=gamma)
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.penalty_value(params) == strategy.penalty_value(params)
+
+
+def test_exact_merging_refuses_kronecker_blocks_in_one_line_before_anything_loads():
     from ewcexp.config import ConfigError, check_config
     from tests.conftest import compose_config
 
     for strategy in ("ewc_sum", "online_ewc", "l2", "mas"):
         cfg = compose_config(f"strategy={strategy}", "fisher.structure=kfac")
-        if strategy in ("l2", "mas"):  # no Fisher: nothing to refuse
+        if strategy in ("online_ewc", "l2", "mas"):  # approximate merge; no Fisher at all
             check_config(cfg)
             continue
         with pytest.raises(
@@ -221,19 +285,23 @@ def test_merging_strategies_refuse_kronecker_blocks_in_one_line_before_anything_
 
 @pytest.mark.slow
 def test_kfac_ewc_runs_on_the_mlp_and_the_cnn_and_resumes_to_the_same_numbers(tmp_path, data_root):
-    """The issue's commands, shortened; then the MLP run killed mid-task and resumed."""
+    """The issue's commands, shortened (online EWC with W&B read back); then the MLP run
+    killed mid-task and resumed."""
     import json
     import signal
     import subprocess
     import sys
 
-    from tests.conftest import REPO, TINY, run_cli
+    from tests.conftest import REPO, TINY, read_wandb_run, run_cli
     from tests.test_resume import KILLER
 
     common = [*TINY, "strategy=ewc", "fisher.structure=kfac", "fisher.num_samples=100", "lambda=10"]
     cnn = [o for o in common if not o.startswith("model.")]
+    online = [o.replace("strategy=ewc", "strategy=online_ewc") for o in common]
+    online = [o for o in online if o != "logger=none"] + ["logger=wandb"]
     for name, args in (
         ("mlp", common),
+        ("online", online),
         (
             "cnn",
             [
@@ -248,9 +316,28 @@ def test_kfac_ewc_runs_on_the_mlp_and_the_cnn_and_resumes_to_the_same_numbers(tm
         (tmp_path / name).mkdir()
         done = run_cli(*args, cwd=tmp_path / name, data_root=data_root)
         assert done.returncode == 0, done.stderr[-2000:]
-        results = json.loads((tmp_path / name / "run" / "results.json").read_text())
+        folder = tmp_path / name / "run"
+        results = json.loads((folder / "results.json").read_text())
         assert results["fisher_estimator"] == "exact" and len(results["fisher"]) == 3
         assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.5
+        layers = ["layers.0", "layers.2"] if name != "cnn" else ["features.0", "features.3"]
+        for t in range(3):  # the spectra: their statistics and a figure per task
+            spectra = results["fisher"][t]["spectra"]
+            assert set(layers) <= set(spectra)
+            assert spectra[layers[0]]["A"]["max"] >= spectra[layers[0]]["A"]["min"]
+            assert (folder / f"fisher_spectra_task{t + 1}.png").stat().st_size > 10_000
+    records = read_wandb_run(tmp_path / "online" / "run")
+    rows = [r["history"]["item"] for r in records if r["type"] == "history"]
+    logged = {
+        row["task"]: row for row in rows if any(k.startswith("fisher_spectrum/") for k in row)
+    }
+    assert sorted(logged) == [1, 2, 3]
+    online_results = json.loads((tmp_path / "online" / "run" / "results.json").read_text())
+    for t in (1, 3):
+        assert logged[t]["fisher_spectrum/layers.0/G._type"] == "histogram"
+        assert logged[t]["fisher_spectrum_stats/layers.0/A/trace"] == pytest.approx(
+            online_results["fisher"][t - 1]["spectra"]["layers.0"]["A"]["trace"]
+        )
     run_dir = tmp_path / "cut" / "run"
     cut = subprocess.run(
         [sys.executable, "-c", KILLER, "ewcexp.training.active_cross_entropy", str(30 + 12), "SIGTERM",

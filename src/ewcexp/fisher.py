@@ -100,13 +100,13 @@ class Fisher:
         covered = {b.weight for b in blocks} | {b.bias for b in blocks if b.bias is not None}
         trainable = [p for p in model.parameters() if p.requires_grad]
         if len(covered) == len(trainable):  # every parameter in a block: no diagonal to estimate
-            return KroneckerImportance([None] * len(trainable), blocks)
+            return KroneckerImportance([None] * len(trainable), blocks, self.damping)
         diagonal = estimate_fisher(
             model, images, labels, estimator=self.estimator, active=data.active,
             chunk_size=self.chunk_size, generator=data.generator,
         )  # fmt: skip
         return KroneckerImportance(
-            [None if i in covered else f for i, f in enumerate(diagonal)], blocks
+            [None if i in covered else f for i, f in enumerate(diagonal)], blocks, self.damping
         )
 
 

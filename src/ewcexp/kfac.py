@@ -107,23 +107,22 @@ def kronecker_factors(
 @dataclass
 class KroneckerImportance:
     """One task's Fisher: Kronecker blocks for the layers that have them, the diagonal for
-    every other parameter (None where a block covers it)."""
+    every other parameter (None where a block covers it); `damping` d adds √d·I to A and G."""
 
     diagonal: list[Tensor | None]
     blocks: list[Factors]
+    damping: float = 0.0
 
-    def term(self, anchor: Tensors, strength: float, damping: float = 0.0) -> KroneckerTerm:
+    def term(self, anchor: Tensors, strength: float) -> KroneckerTerm:
         """The penalty term around `anchor` with strength λ: λ·F on the diagonal, λ·G in the
-        blocks; `damping` d adds √d·I to A and to G."""
-        root = damping**0.5
+        blocks, each factor damped."""
+        root = self.damping**0.5
+
+        def damped(factor: Tensor) -> Tensor:
+            return factor + root * torch.eye(len(factor), dtype=factor.dtype, device=factor.device)
+
         blocks = [
-            Factors(
-                b.weight,
-                b.bias,
-                b.A + root * torch.eye(len(b.A), dtype=b.A.dtype, device=b.A.device),
-                strength * (b.G + root * torch.eye(len(b.G), dtype=b.G.dtype, device=b.G.device)),
-            )
-            for b in self.blocks
+            Factors(b.weight, b.bias, damped(b.A), strength * damped(b.G)) for b in self.blocks
         ]
         stiffness = [None if f is None else strength * f for f in self.diagonal]
         return KroneckerTerm(stiffness, anchor, blocks)
@@ -139,6 +138,45 @@ class KroneckerImportance:
             if block.bias is not None:
                 out[block.bias] = both[:, -1]
         return out
+
+    def spectra(self) -> dict[int, dict[str, Tensor]]:
+        """The eigenvalues of A and of G (ascending) per block, keyed by its weight's index:
+        how many directions of a layer's inputs and outputs the penalty actually holds."""
+        return {
+            b.weight: {
+                "A": torch.linalg.eigvalsh(b.A.double()),
+                "G": torch.linalg.eigvalsh(b.G.double()),
+            }
+            for b in self.blocks
+        }
+
+
+def nearest_kronecker(pairs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The A ⊗ G nearest in Frobenius norm to Σ_i A_i ⊗ G_i (Van Loan & Pitsianis 1993).
+
+    Rearranging every entry (A⊗G)[(i,k),(j,l)] = A_ij G_kl turns A ⊗ G into the rank-one
+    vec(A) vec(G)ᵀ, so the answer is the sum's leading singular pair, R = Σ_i vec(A_i) vec(G_i)ᵀ.
+    With Kₐ, K_g the Gram matrices ⟨A_i, A_j⟩, ⟨G_i, G_j⟩ (n × n), the right singular vector
+    is Σ_i β_i vec(G_i) with Kₐ K_g β = σ² β. For positive semi-definite factors every Gram
+    entry is ≥ 0, so β (the Perron vector) is ≥ 0 and both answers are again positive
+    semi-definite. Exact when the sum is one Kronecker product (all A_i, or all G_i,
+    proportional); otherwise the nearest one, not the sum."""
+    a_vecs = torch.stack([a.flatten() for a, _ in pairs]).double()
+    g_vecs = torch.stack([g.flatten() for _, g in pairs]).double()
+    gram_a, gram_g = a_vecs @ a_vecs.T, g_vecs @ g_vecs.T
+    values, vectors = torch.linalg.eig(gram_a @ gram_g)
+    beta = vectors[:, values.real.argmax()].real
+    beta = (beta * beta.sum().sign()).clamp_min(0)  # the Perron vector, rounding removed
+    norm = beta @ gram_g @ beta
+    if norm <= 0:  # the sum is zero
+        return torch.zeros_like(pairs[0][0]), torch.zeros_like(pairs[0][1])
+    alpha = gram_g @ beta / norm
+    a, g = pairs[0]
+    dims_a, dims_g = a.shape, g.shape
+    return (
+        (alpha @ a_vecs).reshape(dims_a).to(a.dtype),
+        (beta @ g_vecs).reshape(dims_g).to(g.dtype),
+    )
 
 
 class KroneckerTerm(PenaltyTerm):
@@ -187,6 +225,21 @@ class KroneckerTerm(PenaltyTerm):
 
     def write_gradient(self, grads: Tensors, params: Tensors) -> None:
         self._apply(grads, params, add=False)
+
+    def plus_decayed(self, older: PenaltyTerm, decay: float) -> KroneckerTerm:
+        """Online merging: this term's anchor, its curvature plus `decay` times `older`'s: exact
+        on the diagonal part, per block the nearest Kronecker product to
+        decay·A₀⊗G₀ + A⊗G (a sum of two Kronecker products is not one)."""
+        assert isinstance(older, KroneckerTerm)
+        stiffness = [
+            k if k is None else k + decay * old
+            for k, old in zip(self.stiffness, older.stiffness, strict=True)
+        ]
+        blocks = [
+            Factors(b.weight, b.bias, *nearest_kronecker([(decay * o.A, o.G), (b.A, b.G)]))
+            for b, o in zip(self.blocks, older.blocks, strict=True)
+        ]
+        return KroneckerTerm(stiffness, self.anchor, blocks)
 
     def add_gradient(self, grads: Tensors, params: Tensors) -> None:
         self._apply(grads, params, add=True)

@@ -49,6 +49,10 @@ class NoLogger:
         """After consolidating `task` (0-based): its importance per parameter tensor (`kind`:
         "fisher", "mas", "si"), and the running one of strategies that merge them."""
 
+    def log_spectra(self, kind: str, task: int, spectra: dict[str, dict[str, Tensor]]) -> None:
+        """After consolidating `task` with Kronecker blocks: the eigenvalues of each layer's
+        A and G ({layer: {"A": ..., "G": ...}})."""
+
     def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
         """After evaluating everything once `task` (0-based) is learned."""
 
@@ -136,6 +140,23 @@ class WandbLogger(NoLogger):
                     entries[f"{kind}_stats/{which}/{name}/{stat}"] = value
         self.run.log(entries)
 
+    def log_spectra(self, kind: str, task: int, spectra: dict[str, dict[str, Tensor]]) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        for pattern in (f"{kind}_spectrum/*", f"{kind}_spectrum_stats/*"):
+            self.run.define_metric(pattern, step_metric="task")
+        entries: dict[str, Any] = {"task": task + 1}
+        for layer, factors in spectra.items():
+            for factor, eigenvalues in factors.items():
+                counts, edges = importance_histogram(eigenvalues)
+                key = f"{layer}/{factor}"
+                entries[f"{kind}_spectrum/{key}"] = wandb.Histogram(np_histogram=(counts, edges))
+                for stat, value in spectrum_statistics(eigenvalues).items():
+                    entries[f"{kind}_spectrum_stats/{key}/{stat}"] = value
+        self.run.log(entries)
+
     def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
         if self.run is not None:
             self.run.log({"task": task + 1, **{k: v for k, v in metrics.items() if v is not None}})
@@ -194,4 +215,17 @@ def importance_statistics(values: Tensor) -> dict[str, float]:
         "mean": float(flat.mean()),
         "max": float(flat.max()),
         f"fraction_below_{SMALL:g}": float((flat < SMALL).float().mean()),
+    }
+
+
+def spectrum_statistics(eigenvalues: Tensor) -> dict[str, float]:
+    """Largest and smallest eigenvalue, trace, and the effective rank (trace / largest): how
+    many directions carry the factor's mass."""
+    values = eigenvalues.detach().double()
+    top = float(values.max())
+    return {
+        "max": top,
+        "min": float(values.min()),
+        "trace": float(values.sum()),
+        "effective_rank": float(values.sum()) / top if top > 0 else 0.0,
     }

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 
 def accuracy_heatmap(acc_matrix: list[list[float]], title: str, path: Path) -> Path:
@@ -84,6 +85,26 @@ def importance_histograms(
     else:
         title = f"{title} ({len(histograms)} parameter tensors)"
     axes.set_title(title, fontsize=9)
+    return _save(figure, path)
+
+
+def eigenvalue_spectra(spectra: dict[str, dict[str, Tensor]], title: str, path: Path) -> Path:
+    """Left A, right G: each layer's eigenvalues, largest first, against their rank divided
+    by the factor's size (layers of different widths side by side), on log scales."""
+    figure, panels = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    for axes, factor in zip(panels, ("A", "G"), strict=True):
+        for layer, factors in spectra.items():
+            values = factors[factor].detach().double().cpu().flip(0).clamp_min(1e-12).numpy()
+            ranks = np.arange(1, len(values) + 1) / len(values)
+            axes.plot(ranks, values, label=f"{layer} ({len(values)})")
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xlabel("eigenvalue rank / size")
+        axes.set_title(f"{factor}: {'inputs' if factor == 'A' else 'output gradients'}", fontsize=9)
+        if len(spectra) <= 12:
+            axes.legend(fontsize=7)
+    panels[0].set_ylabel("eigenvalue")
+    figure.suptitle(title, fontsize=9)
     return _save(figure, path)
 
 

@@ -11,7 +11,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ewcexp.logger import NoLogger, importance_histogram, importance_statistics
+from ewcexp.logger import (
+    NoLogger,
+    importance_histogram,
+    importance_statistics,
+    spectrum_statistics,
+)
 from ewcexp.metrics import average_accuracy, backward_transfer, forgetting
 from ewcexp.run_state import Record
 from ewcexp.strategy.base import Strategy
@@ -64,6 +69,19 @@ def record_importance(
     logger.log_importance(kind, task, importance, accumulated)
 
 
+def record_spectra(
+    record: Record, logger: NoLogger, kind: str, task: int, spectra: dict[str, dict[str, Tensor]]
+) -> None:
+    """The eigenvalues of each Kronecker block's A and G: their statistics beside the task's
+    importance statistics in results.json, the values for the figures, all to the logger."""
+    record.importance_stats[-1]["spectra"] = {
+        layer: {f: spectrum_statistics(v) for f, v in factors.items()}
+        for layer, factors in spectra.items()
+    }
+    record.spectra[f"{kind}_spectra_task{task + 1}"] = spectra
+    logger.log_spectra(kind, task, spectra)
+
+
 def summarize(
     record: Record, strategy: Strategy, config: dict[str, Any], sequence: TaskSequence
 ) -> dict[str, Any]:
@@ -95,11 +113,9 @@ def summarize(
     }
 
 
-def save_figures(
-    results: dict[str, Any], histograms: dict[str, dict[str, tuple]], output_dir: Path
-) -> dict[str, Path]:
+def save_figures(results: dict[str, Any], record: Record, output_dir: Path) -> dict[str, Path]:
     """The run's PNGs: accuracy matrix, accuracy curves, an importance histogram per
-    consolidation."""
+    consolidation, and with Kronecker blocks their eigenvalue spectra."""
     from ewcexp import plots  # matplotlib: imported only once there is something to draw
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -112,12 +128,16 @@ def save_figures(
             results["acc_matrix"], title, output_dir / "accuracy_curves.png"
         ),
     }
-    for key, per_tensor in histograms.items():
+    for key, per_tensor in record.histograms.items():
         figures[key] = plots.importance_histograms(
             per_tensor,
             f"{title}: {key.replace('_', ' ')}",
             output_dir / f"{key}.png",
             results["importance"],
+        )
+    for key, per_layer in record.spectra.items():
+        figures[key] = plots.eigenvalue_spectra(
+            per_layer, f"{title}: {key.replace('_', ' ')}", output_dir / f"{key}.png"
         )
     return figures
 

@@ -30,6 +30,7 @@ class Record:
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     importance_stats: list[dict[str, Any]] = field(default_factory=list)
     histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)  # of importances
+    spectra: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)  # Kronecker
     earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
     started: float = field(default_factory=time.perf_counter)  # this process
 
@@ -43,6 +44,7 @@ class Record:
             "seconds": self.seconds,
             "importance_stats": self.importance_stats,
             "histograms": self.histograms,
+            "spectra": self.spectra,
             "wall_s": self.wall_s(),
         }
 
@@ -53,6 +55,7 @@ class Record:
             state["wall_s"],
         )
         self.importance_stats, self.histograms = state["importance_stats"], state["histograms"]
+        self.spectra = state["spectra"]
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:

@@ -27,6 +27,7 @@ from ewcexp.preemption import StopRequest
 from ewcexp.results import (
     format_report,
     record_importance,
+    record_spectra,
     save_figures,
     summarize,
     task_metrics,
@@ -91,7 +92,7 @@ def run_experiment(
             complete = learn_sequence(run, state, stop).tasks_done == len(run.sequence.tasks)
             if complete:
                 results = summarize(run.record, run.strategy, config, run.sequence)
-                figures = save_figures(results, run.record.histograms, output_dir)
+                figures = save_figures(results, run.record, output_dir)
                 write_json_atomically(output_dir / "results.json", results)
                 run.logger.log_summary(results, figures)
         finally:  # closed before a requeue can stop the logger's service
@@ -203,6 +204,10 @@ def consolidate_task(run: Run, state: LoopState, t: int) -> None:
             run.by_name(diagonal_of(importance, run.params)),
             run.by_name(accumulated) if accumulated else None,
         )  # fmt: skip
+        if hasattr(importance, "spectra"):  # Kronecker blocks
+            names = [name.removesuffix(".weight") for name, _ in run.named]
+            spectra = {names[i]: factors for i, factors in importance.spectra().items()}
+            record_spectra(run.record, run.logger, run.strategy.importance_kind, t, spectra)
 
 
 def evaluate_tasks(run: Run, state: LoopState, t: int) -> None:

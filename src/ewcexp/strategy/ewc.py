@@ -14,13 +14,14 @@ from ewcexp.strategy.penalty import Tensors, snapshot
 
 
 def diagonal_only(path: str, importance: dict | None = None, **_: object) -> str | None:
-    """Strategies that merge the tasks' terms need diagonal ones: a sum of Kronecker products
-    is not a Kronecker product (checked with the config, before anything loads)."""
+    """`ewc_sum` promises the exact sum of the separate penalties in one term, and a sum of
+    Kronecker products around different anchors is no Kronecker product around any anchor
+    (checked with the config, before anything loads)."""
     if importance and importance.get("structure") == "kfac":
         return (
             f"{path}: this strategy is not allowed with fisher.structure=kfac: it merges the "
-            "tasks' terms into one, and a sum of Kronecker products is not one; use "
-            "strategy=ewc (one term per task, exact)"
+            "tasks' terms into one exactly, and a sum of Kronecker products is not one; use "
+            "strategy=ewc (one term per task, exact) or strategy=online_ewc (one merged term)"
         )
     return None
 
@@ -30,13 +31,8 @@ class EWC(PenaltyStrategy):
 
     name = "ewc"
 
-    def consolidate(self, params: Tensors, importance: Tensors | None) -> None:
-        if isinstance(importance, KroneckerImportance):  # fisher.structure=kfac: exact too
-            damping = getattr(self.importance, "damping", 0.0)
-            term = importance.term(snapshot(params), self.penalty.strength, damping)
-            self.penalty.terms.append(term)
-        else:
-            self.penalty.add(importance, snapshot(params))
+    def consolidate(self, params: Tensors, importance: Tensors | KroneckerImportance) -> None:
+        self.penalty.add(importance, snapshot(params))  # Kronecker blocks too: still exact
 
 
 class EWCSum(PenaltyStrategy):
@@ -70,10 +66,11 @@ class L2(EWCSum):
 
 class OnlineEWC(PenaltyStrategy):
     """Online EWC (Schwarz et al. 2018): F̃_t = γ·F̃_{t−1} + F_t, anchored at the latest θ*_t only.
-    (γ is applied once, here; some implementations multiply by γ again inside the loss.)"""
+    (γ is applied once, here; some implementations multiply by γ again inside the loss.)
+    With Kronecker blocks (Ritter et al. 2018's online Laplace recursion) each block's
+    γ·Ã⊗G̃ + A_t⊗G_t is replaced by its nearest Kronecker product: see `kfac.nearest_kronecker`."""
 
     name = "online_ewc"
-    check_arguments = staticmethod(diagonal_only)
 
     def __init__(
         self,

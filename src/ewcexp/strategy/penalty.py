@@ -42,6 +42,11 @@ class PenaltyTerm:
         """Add ∂(q/2)/∂θ to `grads`."""
         raise NotImplementedError
 
+    def plus_decayed(self, older: PenaltyTerm, decay: float) -> PenaltyTerm:
+        """One term around this one's anchor with this curvature plus `decay` times `older`'s
+        (online EWC's running Fisher)."""
+        raise NotImplementedError
+
     def state_dict(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -73,6 +78,12 @@ class DiagonalTerm(PenaltyTerm):
 
     def add_gradient(self, grads: Tensors, params: Tensors) -> None:
         torch._foreach_addcmul_(grads, self.stiffness, torch._foreach_sub(params, self.anchor))
+
+    def plus_decayed(self, older: PenaltyTerm, decay: float) -> DiagonalTerm:
+        assert isinstance(older, DiagonalTerm)
+        return DiagonalTerm(
+            torch._foreach_add(self.stiffness, older.stiffness, alpha=decay), self.anchor
+        )
 
     def merged(self, other: DiagonalTerm) -> tuple[DiagonalTerm, float]:
         """One term equal to the sum of the two, and the constant left over:
@@ -110,9 +121,16 @@ class QuadraticPenalty:
         """A diagonal term with stiffness λ·precision."""
         return DiagonalTerm(torch._foreach_mul(precision, self.strength), anchor)
 
-    def add(self, precision: Tensors, anchor: Tensors) -> None:
-        """Keep a new diagonal term of its own (memory and step cost grow with the terms)."""
-        self.terms.append(self.diagonal(precision, anchor))
+    def term(self, importance: Tensors | Any, anchor: Tensors) -> PenaltyTerm:
+        """λ·importance around `anchor`: a diagonal term from one tensor per parameter, or a
+        structured importance's own term (Kronecker blocks)."""
+        if isinstance(importance, list | tuple):
+            return self.diagonal(importance, anchor)
+        return importance.term(anchor, self.strength)
+
+    def add(self, importance: Tensors | Any, anchor: Tensors) -> None:
+        """Keep a new term of its own (memory and step cost grow with the terms)."""
+        self.terms.append(self.term(importance, anchor))
 
     def merge(self, precision: Tensors, anchor: Tensors) -> None:
         """Fold a diagonal term into the single existing one, keeping the constant."""
@@ -125,12 +143,12 @@ class QuadraticPenalty:
         self.terms = [merged]
         self.constant += constant
 
-    def replace(self, precision: Tensors, anchor: Tensors, decay: float = 0.0) -> None:
-        """Keep one diagonal term only, at `anchor`, with stiffness λ·precision plus `decay`
-        times the current one (online EWC's running Fisher; 0 forgets it). No constant."""
-        new = self.diagonal(precision, anchor)
+    def replace(self, importance: Tensors | Any, anchor: Tensors, decay: float = 0.0) -> None:
+        """Keep one term only, at `anchor`, with curvature λ·importance plus `decay` times the
+        current one's (online EWC's running Fisher; 0 forgets it). No constant."""
+        new = self.term(importance, anchor)
         if self.terms and decay:
-            torch._foreach_add_(new.stiffness, self.terms[0].stiffness, alpha=decay)
+            new = new.plus_decayed(self.terms[0], decay)
         self.terms, self.constant = [new], 0.0
 
     def precision(self) -> Tensors | None:
