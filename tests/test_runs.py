@@ -174,6 +174,7 @@ def test_cnn_trains_with_a_per_sample_fisher(tmp_path, data_root):
         "task_sequence=split_mnist",
         "strategy=ewc",
         "fisher.num_samples=40",
+        "lambda=10",  # 400 can hold a 4-channel CNN on 20 images per class at its first tasks
         base=[o for o in TINY if not o.startswith("model.")],
     )
     assert min(results["acc_matrix"][t][t] for t in range(3)) > 0.65

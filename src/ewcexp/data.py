@@ -44,6 +44,7 @@ TORCHVISION_CLASSES = {
     "cifar100": "CIFAR100",
 }
 NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "kmnist": 10, "cifar10": 10, "cifar100": 100}
+IMAGE_SIDE = {"mnist": 28, "fashion_mnist": 28, "kmnist": 28, "cifar10": 32, "cifar100": 32}
 DatasetName = Literal["mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100"]
 # where torchvision keeps each dataset's files under the root (`expected_files` asks it)
 FOLDERS = {

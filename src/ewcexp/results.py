@@ -99,6 +99,7 @@ def summarize(
         if kind == "fisher" and strategy.importance
         else None,  # ewcpp's running Fisher has no estimator
         "task_names": [task.name for task in sequence.tasks],
+        "class_order": sequence.class_order,  # split sequences: the order dealt out
         "acc_matrix": acc.tolist(),
         "avg_acc": average_accuracy(acc, last),
         "avg_acc_seen": [average_accuracy(acc, i) for i in range(len(acc))],

@@ -77,7 +77,7 @@ class LoopState:
     tasks_done: int = 0
     step: int = 0  # global training step at the start of the current task
     task_steps: int = 0  # steps of the current task done when a stop was requested mid-task
-    optimizer_state: dict[str, Any] | None = None  # mid-task only: a new task starts afresh
+    optimizer_state: dict[str, Any] | None = None  # mid-task, or carried to the next task
 
     def state_dict(self) -> dict[str, Any]:
         state = {

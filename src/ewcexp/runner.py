@@ -35,6 +35,7 @@ from ewcexp.results import (
 )
 from ewcexp.run_state import LoopState, Record
 from ewcexp.schema import NonNegativeFloat, NonNegativeInt
+from ewcexp.seeding import generator, stream_seed
 from ewcexp.strategy.base import Strategy
 from ewcexp.task_sequence import TaskSequence
 from ewcexp.training import TrainingLoop, TrainSettings, training_set
@@ -109,7 +110,7 @@ def prepare(
     """The components `cfg` names, and the loop's state: fresh, or restored from the run
     directory's checkpoint written with the same `config` (with the logger's run id)."""
     started = time.perf_counter()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(stream_seed(cfg.seed, "weights"))  # the model's initial weights
     device = instantiate(cfg.device).resolve()
     sequence: TaskSequence = instantiate(
         cfg.task_sequence, images=instantiate(cfg.data)(cfg.task_sequence.dataset)
@@ -127,8 +128,8 @@ def prepare(
         run.strategy,
         record,
         run.logger,
-        batch_rng=torch.Generator().manual_seed(cfg.seed),
-        fisher_rng=torch.Generator(device).manual_seed(cfg.seed),
+        batch_rng=generator(cfg.seed, "batches"),
+        fisher_rng=generator(cfg.seed, "importance", device),
     )
     resumed = checkpoint.load(output_dir, config) if cfg.resume else None
     if resumed is None:
@@ -168,8 +169,8 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float |
         seen = run.strategy.training_tasks(tasks[: t + 1])
         data = training_set(seen, run.sequence.scenario, t, run.device)
         steps = run.train.steps(tasks[t].train_size)
-        optimizer = run.optimizer(run.params)  # fresh optimizer state per task
-        if state.optimizer_state is not None:
+        optimizer = run.optimizer(run.params)
+        if state.optimizer_state is not None:  # mid-task, or carried over (reset_per_task=false)
             optimizer.load_state_dict(state.optimizer_state)
         loop = TrainingLoop(
             run.model, optimizer, run.strategy, run.params, run.logger, run.train.log_every, stop
@@ -188,7 +189,8 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float |
                 "checkpoint at task %d/%d, step %d/%d: exiting", t + 1, len(tasks), done, steps
             )
         return None
-    state.step, state.task_steps, state.optimizer_state = state.step + steps, 0, None
+    state.step, state.task_steps = state.step + steps, 0
+    state.optimizer_state = None if optimizer.reset_per_task else optimizer.state_dict()
     return loss
 
 

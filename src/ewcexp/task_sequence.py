@@ -15,10 +15,12 @@ from functools import cached_property
 from typing import Annotated, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ewcexp.data import NUM_CLASSES, DatasetName, ImageData
+from ewcexp.data import IMAGE_SIDE, NUM_CLASSES, DatasetName, ImageData
 from ewcexp.schema import NonNegativeInt, PositiveInt, Range
+from ewcexp.seeding import generator
 
 ScenarioKind = Literal["task", "domain", "class"]
 AngleSpacing = Literal["even", "random"]  # RotatedSequence's `angles`
@@ -103,7 +105,9 @@ def rotate(images: Tensor, degrees: float) -> Tensor:
 
 
 class TaskSequence:
-    """A list of tasks over one dataset, with the scenario they are learned in."""
+    """A list of tasks over one dataset, with the scenario they are learned in. `pad_to`
+    zero-pads the images to pad_to × pad_to (centred) before anything else, a permutation
+    included; the model's input size follows."""
 
     def __init__(
         self,
@@ -112,15 +116,34 @@ class TaskSequence:
         num_tasks: PositiveInt,
         scenario: ScenarioKind,
         seed: NonNegativeInt,
+        pad_to: PositiveInt | None = None,
     ) -> None:
         self.dataset = dataset  # the name `images` were loaded under
-        self.images = images
+        self.images = padded(images, pad_to) if pad_to else images
         self.num_tasks = num_tasks
         self.seed = seed
         self.scenario = Scenario(scenario, num_tasks, self.classes_per_task)
 
     classes_per_task: int
     tasks: list[Task]  # built lazily by each sequence type
+
+    @staticmethod
+    def check_arguments(
+        path: str, dataset: str, pad_to: int | None = None, **_: object
+    ) -> str | None:
+        """Padding can only grow the images."""
+        if pad_to is not None and pad_to < IMAGE_SIDE[dataset]:
+            return (
+                f"{path}.pad_to={pad_to} is not allowed: {dataset}'s images are "
+                f"{IMAGE_SIDE[dataset]}×{IMAGE_SIDE[dataset]}; expected null or at least "
+                f"{IMAGE_SIDE[dataset]}"
+            )
+        return None
+
+    @property
+    def class_order(self) -> list[int] | None:
+        """The order the classes were dealt out to tasks in (split sequences), for results.json."""
+        return None
 
     @property
     def source(self) -> str:
@@ -131,6 +154,23 @@ class TaskSequence:
         return tuple(self.images.train_images.shape[1:])
 
 
+def padded(images: ImageData, side: int) -> ImageData:
+    """Every image zero-padded to side × side, centred (the odd pixel, if any, right/below)."""
+
+    def pad(batch: Tensor) -> Tensor:
+        height, width = batch.shape[-2:]
+        top, left = (side - height) // 2, (side - width) // 2
+        return F.pad(batch, (left, side - width - left, top, side - height - top))
+
+    return ImageData(
+        pad(images.train_images),
+        images.train_labels,
+        pad(images.test_images),
+        images.test_labels,
+        f"{images.source}, padded to {side}×{side}",
+    )
+
+
 class PermutedSequence(TaskSequence):
     """Every task is the whole dataset under its own fixed random pixel permutation."""
 
@@ -138,7 +178,7 @@ class PermutedSequence(TaskSequence):
 
     @cached_property
     def tasks(self) -> list[Task]:
-        generator = torch.Generator().manual_seed(self.seed)
+        draws = generator(self.seed, "tasks")
         pixels = int(torch.tensor(self.input_shape).prod())
         return [
             Task(
@@ -146,7 +186,7 @@ class PermutedSequence(TaskSequence):
                 f"permutation {t}",
                 self.images,
                 list(range(10)),
-                torch.randperm(pixels, generator=generator),
+                torch.randperm(pixels, generator=draws),
             )
             for t in range(self.num_tasks)
         ]
@@ -169,19 +209,20 @@ class RotatedSequence(TaskSequence):
         seed: NonNegativeInt,
         max_angle: Annotated[float, Range(gt=0, le=360, unit="degrees")] = 180.0,
         angles: AngleSpacing = "even",
+        pad_to: PositiveInt | None = None,
     ) -> None:
         self.classes_per_task = NUM_CLASSES[dataset]
         self.max_angle = max_angle
         self.angles = angles
-        super().__init__(dataset, images, num_tasks, scenario, seed)
+        super().__init__(dataset, images, num_tasks, scenario, seed, pad_to)
 
     @cached_property
     def tasks(self) -> list[Task]:
         if self.angles == "even":
             angles = [t * self.max_angle / self.num_tasks for t in range(self.num_tasks)]
         else:
-            generator = torch.Generator().manual_seed(self.seed)
-            angles = (torch.rand(self.num_tasks, generator=generator) * self.max_angle).tolist()
+            draws = generator(self.seed, "tasks")
+            angles = (torch.rand(self.num_tasks, generator=draws) * self.max_angle).tolist()
         return [
             Task(
                 t,
@@ -195,7 +236,8 @@ class RotatedSequence(TaskSequence):
 
 
 class SplitSequence(TaskSequence):
-    """The classes are dealt out to tasks, `classes_per_task` at a time, in `class_order`."""
+    """The classes are dealt out to tasks, `classes_per_task` at a time, in `class_order`:
+    null for 0, 1, 2, ...; a permutation; or "random", a permutation drawn from the seed."""
 
     def __init__(
         self,
@@ -205,11 +247,12 @@ class SplitSequence(TaskSequence):
         scenario: ScenarioKind,
         seed: NonNegativeInt,
         classes_per_task: PositiveInt = 2,
-        class_order: list[int] | None = None,  # null: 0, 1, 2, ...
+        class_order: list[int] | Literal["random"] | None = None,
+        pad_to: PositiveInt | None = None,
     ) -> None:
         self.classes_per_task = classes_per_task
-        self.class_order = list(class_order) if class_order is not None else None
-        super().__init__(dataset, images, num_tasks, scenario, seed)
+        self.order_option = class_order if class_order in (None, "random") else list(class_order)
+        super().__init__(dataset, images, num_tasks, scenario, seed, pad_to)
 
     @staticmethod
     def check_arguments(
@@ -217,10 +260,14 @@ class SplitSequence(TaskSequence):
         dataset: str,
         num_tasks: int,
         classes_per_task: int = 2,
-        class_order: list[int] | None = None,
+        class_order: list[int] | str | None = None,
+        pad_to: int | None = None,
         **_: object,
     ) -> str | None:
         """The tasks must fit in the dataset's classes; an order must be a permutation."""
+        padding = TaskSequence.check_arguments(path, dataset, pad_to)
+        if padding:
+            return padding
         total = NUM_CLASSES[dataset]
         if num_tasks > total // classes_per_task:
             return (
@@ -228,16 +275,23 @@ class SplitSequence(TaskSequence):
                 f"so with classes_per_task={classes_per_task} at most "
                 f"{total // classes_per_task} tasks"
             )
-        if class_order is not None and sorted(class_order) != list(range(total)):
+        if class_order not in (None, "random") and sorted(class_order) != list(range(total)):
             return (
-                f"{path}.class_order={class_order} is not allowed: expected null or a "
+                f"{path}.class_order={class_order} is not allowed: expected null, random or a "
                 f"permutation of 0..{total - 1}"
             )
         return None
 
     @cached_property
+    def class_order(self) -> list[int]:
+        classes = int(self.images.train_labels.max()) + 1
+        if self.order_option == "random":
+            return torch.randperm(classes, generator=generator(self.seed, "tasks")).tolist()
+        return self.order_option or list(range(classes))
+
+    @cached_property
     def tasks(self) -> list[Task]:
-        order = self.class_order or list(range(int(self.images.train_labels.max()) + 1))
+        order = self.class_order
         k = self.classes_per_task
         return [
             Task(

@@ -1,0 +1,152 @@
+"""Independent random streams, and the reference code's setup choices as options:
+`task_sequence.pad_to`, `task_sequence.class_order=random`, `optimizer.reset_per_task`."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from ewcexp.config import ConfigError, check_config
+from ewcexp.seeding import STREAMS, generator, stream_seed
+from tests.conftest import TINY, compose_config, run_cli
+from tests.test_resume import INTERRUPTIONS, killed_run, metrics
+
+
+def test_each_purpose_draws_its_own_stream_the_same_for_the_same_seed():
+    """Batches, importance samples, task draws and weights no longer share raw numbers; each
+    stream is SeedSequence(seed).spawn(...)[k]'s first word and repeats exactly."""
+    draws = {p: torch.randperm(1000, generator=generator(0, p))[:50] for p in STREAMS}
+    for first in STREAMS:
+        for second in STREAMS:
+            if first != second:
+                assert not torch.equal(draws[first], draws[second])
+        again = torch.randperm(1000, generator=generator(0, first))[:50]
+        assert torch.equal(draws[first], again)
+    children = np.random.SeedSequence(7).spawn(len(STREAMS))
+    for purpose, k in STREAMS.items():
+        assert stream_seed(7, purpose) == int(children[k].generate_state(1, np.uint64)[0])
+    assert stream_seed(0, "batches") != stream_seed(1, "batches")
+
+
+def experiment(tmp_path, data_root, *overrides):
+    from ewcexp.runner import run_experiment
+
+    cfg = compose_config(*TINY, f"data.root={data_root}", *overrides)
+    check_config(cfg)
+    return run_experiment(cfg, tmp_path)
+
+
+def test_task_ones_fisher_samples_are_not_its_first_batch(tmp_path, data_root):
+    """Seeded alike, the batch order's first epoch and the Fisher's sample draw were one and
+    the same permutation: the Fisher saw exactly the first batches' images. The run's two
+    generators now draw different ones."""
+    from ewcexp.runner import prepare
+
+    cfg = compose_config(*TINY, f"data.root={data_root}", "resume=false")
+    _, state, _ = prepare(cfg, {}, tmp_path)
+    size = 400
+    first_epoch = torch.randperm(size, generator=state.batch_rng)
+    fisher_draw = torch.randperm(size, generator=state.fisher_rng)
+    assert not torch.equal(first_epoch[:128], fisher_draw[:128])
+    same_seed = [torch.Generator().manual_seed(0) for _ in range(2)]  # what it was
+    assert torch.equal(*(torch.randperm(size, generator=g) for g in same_seed))
+
+
+def test_pad_to_pads_before_permuting_and_the_model_follows(tmp_path, data_root):
+    from ewcexp.task_sequence import PermutedSequence, padded
+
+    results = experiment(tmp_path, data_root, "task_sequence.pad_to=32")
+    assert results["config"]["task_sequence"]["pad_to"] == 32
+    assert "padded to 32×32" in results["data_source"]
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
+    assert state["layers.0.weight"].shape[1] == 32 * 32  # the MLP's input follows
+    from ewcexp.data import load_images
+
+    images = load_images("mnist", str(data_root), download=False)
+    big = padded(images, 32)
+    assert big.train_images.shape[1:] == (32, 32)
+    assert torch.equal(big.train_images[:, 2:30, 2:30], images.train_images)
+    assert big.train_images[:, :2].sum() == 0 and big.train_images[:, :, 30:].sum() == 0
+    sequence = PermutedSequence("mnist", images, 2, "domain", seed=0, pad_to=32)
+    assert len(sequence.tasks[1].pixel_permutation) == 1024  # the border pixels move too
+    with pytest.raises(
+        ConfigError, match=r"^task_sequence.pad_to=20 is not allowed: mnist's images are 28×28"
+    ):
+        check_config(compose_config("task_sequence.pad_to=20"))
+    with pytest.raises(ConfigError, match=r"^task_sequence.pad_to=30 is not allowed: cifar10"):
+        check_config(compose_config("task_sequence=split_cifar10", "task_sequence.pad_to=30"))
+
+
+def test_random_class_order_comes_from_the_seed_and_is_recorded(tmp_path, data_root):
+    orders = {}
+    for seed in (0, 0, 1):
+        results = experiment(
+            tmp_path / f"{seed}-{len(orders)}", data_root, "task_sequence=split_mnist",
+            "task_sequence.class_order=random", f"seed={seed}",
+        )  # fmt: skip
+        order = results["class_order"]
+        assert sorted(order) == list(range(10))
+        assert results["task_names"][0] == f"classes {order[0]}/{order[1]}"
+        orders.setdefault(seed, []).append(order)
+    assert orders[0][0] == orders[0][1] != orders[1][0]
+    natural = experiment(tmp_path / "natural", data_root, "task_sequence=split_mnist")
+    assert natural["class_order"] == list(range(10))
+    permuted = experiment(tmp_path / "permuted", data_root)
+    assert permuted["class_order"] is None
+    with pytest.raises(ConfigError, match=r"expected null, random or a permutation of 0..9"):
+        check_config(compose_config("task_sequence=split_mnist", "task_sequence.class_order=[1,2]"))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_reset_per_task_false_carries_the_optimizer_state_to_the_next_task(
+    tmp_path, data_root, optimizer
+):
+    """Adam's step count (SGD's momentum buffer) runs on across tasks and sits in the
+    checkpoint of every task end; with the default it starts afresh and none is kept."""
+    extra = [f"optimizer={optimizer}"] + (["optimizer.momentum=0.9"] if optimizer == "sgd" else [])
+    carried = experiment(tmp_path / "carried", data_root, *extra, "optimizer.reset_per_task=false")
+    fresh = experiment(tmp_path / "fresh", data_root, *extra)
+    saved = torch.load(tmp_path / "carried" / "checkpoint.pt", weights_only=True)
+    state = next(iter(saved["optimizer"]["state"].values()))
+    if optimizer == "adam":
+        assert float(state["step"]) == 3 * 30  # three tasks of 30 steps, one running count
+    else:
+        assert "momentum_buffer" in state
+    assert "optimizer" not in torch.load(tmp_path / "fresh" / "checkpoint.pt", weights_only=True)
+    assert carried["acc_matrix"][0] == fresh["acc_matrix"][0]  # task 1 is the same
+    assert carried["acc_matrix"][1:] != fresh["acc_matrix"][1:]
+
+
+@pytest.mark.slow
+def test_carried_optimizer_state_survives_kills_mid_task_and_at_task_ends(tmp_path, data_root):
+    """The resume test's interruptions with reset_per_task=false: every checkpoint holds the
+    optimizer state, and the resumed run ends with the uninterrupted run's numbers."""
+    option = "optimizer.reset_per_task=false"
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    done = run_cli(*killed_args(), option, cwd=reference, data_root=data_root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    for where, when, signum, (tasks_done, task_steps) in INTERRUPTIONS:
+        stopped = killed_run(where, when, run_dir, data_root, signum, option)
+        assert stopped.returncode in (-signal.SIGKILL, 128 + signum), stopped.stderr[-2000:]
+        saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert (saved["tasks_done"], saved["task_steps"]) == (tasks_done, task_steps)
+        assert "optimizer" in saved  # at task ends too: the next task carries on from it
+    resumed = run_cli(*killed_args(), option, cwd=tmp_path, data_root=data_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert metrics(run_dir) == metrics(reference / "run")
+    assert (
+        json.loads((run_dir / "results.json").read_text())["config"]["optimizer"]["reset_per_task"]
+        is False
+    )
+
+
+def killed_args() -> list[str]:
+    from tests.test_resume import ARGS
+
+    return list(ARGS)
