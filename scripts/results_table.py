@@ -3,6 +3,8 @@
     python scripts/results_table.py best-lambda DIR   # the λ with the best mean avg_acc
     python scripts/results_table.py table OUT         # markdown, from fashion_mnist_results.sh's OUT
     python scripts/results_table.py relatives OUT     # the SI and MAS section alone (relatives_results.sh)
+    python scripts/results_table.py kfac OUT          # the Kronecker-factored section (kfac_results.sh)
+    python scripts/results_table.py grouped DIR KEY...  # mean ± error per value of config KEYs
 
 Accuracies are means over seeds ± the standard error of the mean (sd/√n).
 """
@@ -115,28 +117,61 @@ def estimator_table(out: Path) -> list[str]:
 
 
 RELATIVES = ("si", "mas")
+KFAC = ("ewc_diagonal", "ewc_kfac", "online_ewc_diagonal", "online_ewc_kfac")
 
 
 def relatives_section(out: Path) -> list[str]:
     """SI and MAS per setting (λ chosen on the validation split), and their λ sweeps."""
+    return validated_section(
+        out,
+        RELATIVES,
+        [
+            "## SI and MAS",
+            "",
+            "SI and MAS on the same settings (`bash scripts/relatives_results.sh`), their λ",
+            "chosen by a sweep at seed 0 on 10,000 held-out training images",
+            "(`data.validation_size=10000`, the test set unseen), then seeds 0, 1, 2 on the test",
+            "set; MAS on 5,000 samples per task like the Fisher. Final average accuracy (%),",
+            "mean ± standard error:",
+        ],
+    )
+
+
+def kfac_section(out: Path) -> list[str]:
+    """Kronecker-factored EWC beside the diagonal, all λ chosen on the validation split."""
+    return validated_section(
+        out,
+        KFAC,
+        [
+            "## Kronecker-factored EWC",
+            "",
+            "`fisher.structure=kfac` beside the diagonal Fisher, for `ewc` (one term per task)",
+            "and `online_ewc` (one merged term), on the settings above (`bash",
+            "scripts/kfac_results.sh`); every λ chosen by a sweep at seed 0 on 10,000 held-out",
+            "training images, then seeds 0, 1, 2 on the test set. Final average accuracy (%),",
+            "mean ± standard error:",
+        ],
+    )
+
+
+def validated_section(out: Path, methods: tuple[str, ...], intro: list[str]) -> list[str]:
+    """A row per setting: each method's runs under OUT/<setting>/<method> (λ in brackets),
+    and its sweep under OUT/<setting>/sweep_<method>."""
     lines = [
-        "## SI and MAS",
+        *intro,
         "",
-        "SI and MAS on the same settings (`bash scripts/relatives_results.sh`), their λ chosen",
-        "by a sweep at seed 0 on 10,000 held-out training images (`data.validation_size=10000`,",
-        "the test set unseen), then seeds 0, 1, 2 on the test set; MAS on 5,000 samples per task",
-        "like the Fisher. Final average accuracy (%), mean ± standard error:",
-        "",
-        "| sequence | scenario | si | mas |",
-        "|---|---|---|---|",
+        "| sequence | scenario | " + " | ".join(methods) + " |",
+        "|---|---|" + "---|" * len(methods),
     ]
     sweeps = [
-        "| sequence | scenario | si: λ → validation acc (%) | mas: λ → validation acc (%) |",
-        "|---|---|---|---|",
+        "| sequence | scenario | "
+        + " | ".join(f"{m}: λ → validation acc (%)" for m in methods)
+        + " |",
+        "|---|---|" + "---|" * len(methods),
     ]
     for folder, (sequence, scenario) in SETTINGS.items():
         cells, sweep_cells = [], []
-        for method in RELATIVES:
+        for method in methods:
             runs = runs_under(out / folder / method)
             cell = mean_and_error([r["avg_acc"] for r in runs]) if runs else "–"
             if runs:
@@ -264,15 +299,49 @@ def table(out: Path) -> str:
     return "\n".join(parts)
 
 
+def config_value(run: dict[str, Any], key: str) -> Any:
+    """A dotted key of the run's resolved config (`task_sequence.pad_to`), or a top-level
+    results key (`strategy`)."""
+    if key in run:
+        return run[key]
+    value: Any = run["config"]
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def grouped_table(folder: Path, keys: list[str]) -> list[str]:
+    """Mean ± standard error of the final average accuracy and BWT per combination of the
+    config `keys`' values, with the seeds each row has."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs_under(folder):
+        groups[tuple(str(config_value(run, k)) for k in keys)].append(run)
+    lines = [
+        "| " + " | ".join(keys) + " | seeds | avg acc (%) | BWT (%) |",
+        "|" + "---|" * (len(keys) + 3),
+    ]
+    for values, runs in sorted(groups.items()):
+        seeds = ",".join(str(s) for s in sorted(r["seed"] for r in runs))
+        accuracy = mean_and_error([r["avg_acc"] for r in runs])
+        transfer = mean_and_error([r["bwt"] for r in runs])
+        lines.append("| " + " | ".join(values) + f" | {seeds} | {accuracy} | {transfer} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("best-lambda", "table", "relatives"))
+    parser.add_argument("command", choices=("best-lambda", "table", "relatives", "kfac", "grouped"))
     parser.add_argument("folder", type=Path)
+    parser.add_argument("keys", nargs="*", help="grouped: config keys to group the runs by")
     args = parser.parse_args()
     if args.command == "best-lambda":
         print(f"{best_lambda(args.folder):g}")
     elif args.command == "relatives":
         print("\n".join(relatives_section(args.folder)))
+    elif args.command == "kfac":
+        print("\n".join(kfac_section(args.folder)))
+    elif args.command == "grouped":
+        print("\n".join(grouped_table(args.folder, args.keys)))
     else:
         print(table(args.folder))
 
