@@ -13,13 +13,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/reference_options}
 source scripts/results_common.sh  # SETTINGS, COMMON, SEEDS, multirun
+COMMON=(logger=none train.log_every=1000)  # each setting names its Fisher sample count
 mkdir -p "$OUT"
 read -r -a split <<<"${SETTINGS[split_task]}"
 
 multirun "$OUT/pad_to" task_sequence=permuted_fashion_mnist task_sequence.num_tasks=5 \
     optimizer.lr=0.0001 train.iterations=1000 fisher.num_samples=1000 lambda=1000 \
     strategy=finetune,ewc task_sequence.pad_to=null,32 seed=$SEEDS
-multirun "$OUT/reset" "${split[@]}" lambda=10000 \
+multirun "$OUT/reset" "${split[@]}" fisher.num_samples=5000 lambda=10000 \
     strategy=finetune,ewc optimizer.reset_per_task=true,false seed=$SEEDS
-multirun "$OUT/class_order" "${split[@]}" lambda=10000 \
+multirun "$OUT/class_order" "${split[@]}" fisher.num_samples=5000 lambda=10000 \
     strategy=finetune,ewc task_sequence.class_order=random seed=$SEEDS
