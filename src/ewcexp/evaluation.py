@@ -17,11 +17,14 @@ def accuracy(
     seen: int,
     device: torch.device,
     batch_size: int,
+    limit: int | None = None,
 ) -> float:
-    """Test accuracy on `task` once tasks 0..`seen` are learned."""
+    """Test accuracy on `task` once tasks 0..`seen` are learned (on its first `limit` test
+    images only, if given: the fixed subset continual evaluation uses)."""
     was_training = model.training
     model.eval()
     images, labels = task.test_set()
+    images, labels = images[:limit], labels[:limit]
     active = scenario.active(task.index, seen)
     targets = (labels + scenario.offset(task.index) - active.start).to(device)
     correct = 0

@@ -49,6 +49,7 @@ class Fisher:
     batch_size: PositiveInt = 256
     structure: Literal["diagonal", "kfac"] = "diagonal"
     damping: NonNegativeFloat = 0.0  # kfac: √damping·I added to A and G
+    diagnostics: bool = False  # every estimator beside this one at each consolidation (runner)
 
     @staticmethod
     def check_arguments(

@@ -53,6 +53,20 @@ class NoLogger:
         """After consolidating `task` with Kronecker blocks: the eigenvalues of each layer's
         A and G ({layer: {"A": ..., "G": ...}})."""
 
+    def log_continual(self, point: dict[str, Any]) -> None:
+        """A continual evaluation while training: {"step" (global), "task" (training, from 1),
+        "task_step", "acc" (tasks 1..task)}."""
+
+    def log_diagnostics(
+        self,
+        task: int,
+        comparisons: dict[str, dict[str, dict[str, float | None]]],
+        overlaps: list[float],
+    ) -> None:
+        """With `fisher.diagnostics`, after consolidating `task`: every estimator against
+        `exact` ({tensor or "all": {estimator: {stat: value}}}), and the overlap of this
+        task's Fisher with each task's so far (itself last)."""
+
     def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
         """After evaluating everything once `task` (0-based) is learned."""
 
@@ -113,6 +127,7 @@ class WandbLogger(NoLogger):
         for pattern in ("acc/*", "bwt", "forgetting"):
             self.run.define_metric(pattern, step_metric="task")
         self.run.define_metric("train/*", step_metric="train/step")
+        self.run.define_metric("continual/*", step_metric="continual/step")
 
     def log_training(self, metrics: dict[str, float]) -> None:
         if self.run is not None:
@@ -157,6 +172,32 @@ class WandbLogger(NoLogger):
                     entries[f"{kind}_spectrum_stats/{key}/{stat}"] = value
         self.run.log(entries)
 
+    def log_diagnostics(
+        self,
+        task: int,
+        comparisons: dict[str, dict[str, dict[str, float | None]]],
+        overlaps: list[float],
+    ) -> None:
+        if self.run is None:
+            return
+        for pattern in ("fisher_diag/*", "fisher_overlap/*"):
+            self.run.define_metric(pattern, step_metric="task")
+        entries: dict[str, Any] = {"task": task + 1}
+        for name, by_estimator in comparisons.items():
+            for estimator, stats in by_estimator.items():
+                for stat, value in stats.items():
+                    if value is not None:
+                        entries[f"fisher_diag/{estimator}/{name}/{stat}"] = value
+        for earlier, overlap in enumerate(overlaps[:-1]):
+            entries[f"fisher_overlap/task_{earlier + 1}"] = overlap
+        self.run.log(entries)
+
+    def log_continual(self, point: dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        accuracies = {f"continual/task_{j + 1}": a for j, a in enumerate(point["acc"])}
+        self.run.log({"continual/step": point["step"], **accuracies})
+
     def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
         if self.run is not None:
             self.run.log({"task": task + 1, **{k: v for k, v in metrics.items() if v is not None}})
@@ -175,6 +216,9 @@ class WandbLogger(NoLogger):
                 **{f"figures/{key}": wandb.Image(str(path)) for key, path in images.items()},
             }
         )
+        for gap in results.get("stability_gap", []):
+            for stat in ("depth", "min", "steps_to_recover"):
+                self.run.summary[f"stability_gap/task_{gap['task']}/{stat}"] = gap[stat]
         for key in (
             "avg_acc",
             "bwt",

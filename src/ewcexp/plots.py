@@ -88,6 +88,92 @@ def importance_histograms(
     return _save(figure, path)
 
 
+def continual_curves(points: list[dict], title: str, path: Path) -> Path:
+    """Each task's accuracy on its test subset against the global step, from the task's own
+    start; dashed lines at the task switches."""
+    figure, axes = plt.subplots(figsize=(8, 4))
+    tasks = max(p["task"] for p in points)
+    for j in range(tasks):
+        seen = [p for p in points if p["task"] > j]
+        axes.plot(
+            [p["step"] for p in seen],
+            [100 * p["acc"][j] for p in seen],
+            linewidth=1,
+            label=f"task {j + 1}",
+        )
+    for t in range(2, tasks + 1):
+        first = next(p for p in points if p["task"] == t)
+        axes.axvline(
+            first["step"] - first["task_step"], color="grey", linestyle="--", linewidth=0.8
+        )
+    axes.set_xlabel("training step")
+    axes.set_ylabel("test accuracy on the subset (%)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7, ncols=2)
+    return _save(figure, path)
+
+
+def estimator_comparison(
+    comparisons: dict[str, dict[str, dict[str, float | None]]], title: str, path: Path
+) -> Path:
+    """Three panels, each estimator against `exact` per parameter tensor (and "all"): rank
+    correlation, relative error, and the factor λ must change by (log scale)."""
+    names = list(comparisons)
+    estimators = list(comparisons[names[0]])
+    figure, panels = plt.subplots(1, 3, figsize=(12, 4))
+    width = 0.8 / len(estimators)
+    for axes, stat in zip(panels, ("spearman", "relative_error", "scale_ratio"), strict=True):
+        for k, estimator in enumerate(estimators):
+            values = [comparisons[n][estimator][stat] for n in names]
+            heights = [np.nan if v is None else v for v in values]
+            axes.bar(np.arange(len(names)) + k * width, heights, width, label=estimator)
+        axes.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, fontsize=6)
+        axes.set_title(stat.replace("_", " ") + " vs exact", fontsize=9)
+        if stat == "scale_ratio":
+            axes.set_yscale("log")
+    panels[0].legend(fontsize=7, loc="lower left")
+    figure.suptitle(f"{title}: Fisher estimators", fontsize=9)
+    return _save(figure, path)
+
+
+def overlap_heatmap(overlaps: list[list[float]], title: str, path: Path) -> Path:
+    """Task × task Fisher overlap (1: identical, 0: disjoint)."""
+    size = len(overlaps)
+    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
+    image = axes.imshow(np.array(overlaps), vmin=0, vmax=1, cmap="viridis")
+    for i in range(size):
+        for j in range(size):
+            axes.text(j, i, f"{overlaps[i][j]:.2f}", ha="center", va="center", fontsize=7,
+                      color="white" if overlaps[i][j] < 0.6 else "black")  # fmt: skip
+    ticks = [str(t + 1) for t in range(size)]
+    axes.set_xticks(range(size), ticks)
+    axes.set_yticks(range(size), ticks)
+    axes.set_xlabel("task")
+    axes.set_ylabel("task")
+    figure.colorbar(image, ax=axes, fraction=0.046)
+    axes.set_title(f"Fisher overlap\n{title}", fontsize=8)
+    return _save(figure, path)
+
+
+def stability_gap_bars(gaps: list[dict], title: str, path: Path) -> Path:
+    """Per task: its accuracy before the next task, the lowest during it (the gap's depth
+    between), and the steps into the next task until it was back (✗: not within it)."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    labels = [f"task {g['task']}\nduring {g['during']}" for g in gaps]
+    before = [100 * g["before"] for g in gaps]
+    lowest = [100 * g["min"] for g in gaps]
+    axes.bar(labels, before, color="lightgrey", label="before the switch")
+    axes.bar(labels, lowest, color="tab:red", label="lowest after it")
+    for x, g in enumerate(gaps):
+        recovered = "✗" if g["steps_to_recover"] is None else f"{g['steps_to_recover']} steps"
+        axes.annotate(recovered, (x, 100 * g["before"]), ha="center", va="bottom", fontsize=7)
+    axes.set_ylim(min(lowest) - 5, 100)
+    axes.set_ylabel("test accuracy on the subset (%)")
+    axes.set_title(f"{title}: stability gap, and steps to recover", fontsize=9)
+    axes.legend(fontsize=7, loc="lower right")
+    return _save(figure, path)
+
+
 def eigenvalue_spectra(spectra: dict[str, dict[str, Tensor]], title: str, path: Path) -> Path:
     """Left A, right G: each layer's eigenvalues, largest first, against their rank divided
     by the factor's size (layers of different widths side by side), on log scales."""

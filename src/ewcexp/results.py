@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ewcexp.continual import stability_gaps
+from ewcexp.diagnostics import fisher_overlap, overlap_matrix
 from ewcexp.logger import (
     NoLogger,
     importance_histogram,
@@ -109,8 +111,47 @@ def summarize(
         "data_source": sequence.source,
         "wall_time_s": record.wall_s(),
         "phase_time_s": record.seconds,
+        **continual_summary(record, config),
+        **(
+            {
+                "fisher_diagnostics": record.diagnostics,
+                "fisher_overlap": overlap_matrix(record.task_fishers),
+            }
+            if record.diagnostics
+            else {}
+        ),
         **({kind: record.importance_stats} if kind else {}),
         "config": config,
+    }
+
+
+def record_diagnostics(
+    record: Record,
+    logger: NoLogger,
+    task: int,
+    samples: int,
+    comparisons: dict[str, dict[str, dict[str, float | None]]],
+    exact: Tensor,
+) -> None:
+    """Task `task`'s estimator comparisons, and its exact Fisher for the overlaps; the
+    overlaps with every earlier task so far to the logger."""
+    record.diagnostics.append({"task": task + 1, "samples": samples, "per_parameter": comparisons})
+    record.task_fishers.append(exact)
+    overlaps = [fisher_overlap(earlier, exact) for earlier in record.task_fishers]
+    logger.log_diagnostics(task, comparisons, overlaps)
+
+
+def continual_summary(record: Record, config: dict[str, Any]) -> dict[str, Any]:
+    """With `train.eval_every`: every continual evaluation and the stability gaps they show."""
+    if not record.continual:
+        return {}
+    return {
+        "continual_eval": {
+            "every": config["train"]["eval_every"],
+            "subset": config["train"]["eval_subset"],
+            "points": record.continual,
+        },
+        "stability_gap": stability_gaps(record.continual),
     }
 
 
@@ -135,6 +176,23 @@ def save_figures(results: dict[str, Any], record: Record, output_dir: Path) -> d
             f"{title}: {key.replace('_', ' ')}",
             output_dir / f"{key}.png",
             results["importance"],
+        )
+    if record.continual:
+        figures["continual_eval"] = plots.continual_curves(
+            record.continual, title, output_dir / "continual_eval.png"
+        )
+        if results["stability_gap"]:
+            figures["stability_gap"] = plots.stability_gap_bars(
+                results["stability_gap"], title, output_dir / "stability_gap.png"
+            )
+    for entry in record.diagnostics:
+        key = f"fisher_diagnostics_task{entry['task']}"
+        figures[key] = plots.estimator_comparison(
+            entry["per_parameter"], f"{title}: task {entry['task']}", output_dir / f"{key}.png"
+        )
+    if record.diagnostics:
+        figures["fisher_overlap"] = plots.overlap_heatmap(
+            results["fisher_overlap"], title, output_dir / "fisher_overlap.png"
         )
     for key, per_layer in record.spectra.items():
         figures[key] = plots.eigenvalue_spectra(

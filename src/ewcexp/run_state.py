@@ -19,7 +19,7 @@ from ewcexp import checkpoint
 from ewcexp.logger import NoLogger
 from ewcexp.strategy.base import Strategy
 
-PHASES = ("train", "fisher", "eval")
+PHASES = ("train", "fisher", "eval", "diagnostics")
 
 
 @dataclass
@@ -31,6 +31,9 @@ class Record:
     importance_stats: list[dict[str, Any]] = field(default_factory=list)
     histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)  # of importances
     spectra: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)  # Kronecker
+    continual: list[dict[str, Any]] = field(default_factory=list)  # train.eval_every's points
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # fisher.diagnostics's
+    task_fishers: list[Tensor] = field(default_factory=list)  # each task's exact, flattened
     earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
     started: float = field(default_factory=time.perf_counter)  # this process
 
@@ -45,6 +48,9 @@ class Record:
             "importance_stats": self.importance_stats,
             "histograms": self.histograms,
             "spectra": self.spectra,
+            "continual": self.continual,
+            "diagnostics": self.diagnostics,
+            "task_fishers": self.task_fishers,
             "wall_s": self.wall_s(),
         }
 
@@ -55,7 +61,8 @@ class Record:
             state["wall_s"],
         )
         self.importance_stats, self.histograms = state["importance_stats"], state["histograms"]
-        self.spectra = state["spectra"]
+        self.spectra, self.continual = state["spectra"], state["continual"]
+        self.diagnostics, self.task_fishers = state["diagnostics"], state["task_fishers"]
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:

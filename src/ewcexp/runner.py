@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ewcexp import checkpoint
+from ewcexp.diagnostics import estimator_diagnostics
 from ewcexp.evaluation import accuracy
+from ewcexp.fisher import ESTIMATORS, Fisher, estimate_fisher
 from ewcexp.importance import TaskData, diagonal_of
 from ewcexp.logger import NoLogger
 from ewcexp.metrics import average_accuracy
 from ewcexp.preemption import StopRequest
 from ewcexp.results import (
     format_report,
+    record_diagnostics,
     record_importance,
     record_spectra,
     save_figures,
@@ -65,6 +69,7 @@ class Run:
     device: torch.device
     output_dir: Path
     record: Record
+    diagnostics: Fisher | None = None  # fisher.diagnostics: the settings every estimator uses
     named: list[tuple[str, Tensor]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +127,7 @@ def prepare(
     run = Run(
         cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
         instantiate(cfg.optimizer), instantiate(cfg.logger), device, output_dir, record,
+        instantiate(cfg.fisher) if cfg.fisher.diagnostics else None,
     )  # fmt: skip
     state = LoopState(
         model,
@@ -173,8 +179,10 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float |
         if state.optimizer_state is not None:  # mid-task, or carried over (reset_per_task=false)
             optimizer.load_state_dict(state.optimizer_state)
         loop = TrainingLoop(
-            run.model, optimizer, run.strategy, run.params, run.logger, run.train.log_every, stop
-        )
+            run.model, optimizer, run.strategy, run.params, run.logger, run.train.log_every, stop,
+            probe=partial(evaluate_continually, run, t, state.step) if run.train.eval_every else None,
+            probe_every=run.train.eval_every or 0,
+        )  # fmt: skip
         description = f"task {t + 1}/{len(tasks)} [{run.strategy.name}]"
         done, loss = loop.run(
             data, steps, run.train.batch_size, state.batch_rng, t, state.step, description,
@@ -197,8 +205,12 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float |
 def consolidate_task(run: Run, state: LoopState, t: int) -> None:
     """The strategy folds task `t` into its penalty; the importance it estimated is logged."""
     data = TaskData.of(run.sequence.tasks[t], run.sequence.scenario, run.device, state.fisher_rng)
+    draws_before = state.fisher_rng.get_state()
     with run.record.timing("fisher"):
         importance = run.strategy.end_task(run.model, run.params, data)
+    if run.diagnostics is not None:
+        with run.record.timing("diagnostics"):
+            diagnose_fisher(run, data, draws_before, t)
     if importance is not None:
         accumulated = run.strategy.accumulated_importance()
         record_importance(
@@ -210,6 +222,48 @@ def consolidate_task(run: Run, state: LoopState, t: int) -> None:
             names = [name.removesuffix(".weight") for name, _ in run.named]
             spectra = {names[i]: factors for i, factors in importance.spectra().items()}
             record_spectra(run.record, run.logger, run.strategy.importance_kind, t, spectra)
+
+
+def diagnose_fisher(run: Run, data: TaskData, draws_before: Tensor, t: int) -> None:
+    """Every Fisher estimator on the samples the consolidation drew (its generator rewound),
+    compared with `exact`; the generator is left where the consolidation left it, so the
+    run's numbers do not depend on the diagnostics."""
+    settings, generator = run.diagnostics, data.generator
+    draws_after = generator.get_state()
+    generator.set_state(draws_before)
+    try:
+        images, labels = data.subset(settings.num_samples)
+        fishers = {
+            estimator: estimate_fisher(
+                run.model, images, labels, estimator=estimator, active=data.active,
+                chunk_size=settings.chunk_size, batch_size=settings.batch_size,
+                generator=generator,
+            )
+            for estimator in ESTIMATORS
+        }  # fmt: skip
+    finally:
+        generator.set_state(draws_after)
+    names = [name for name, _ in run.named]
+    exact = torch.cat([f.flatten() for f in fishers["exact"]]).cpu()
+    record_diagnostics(
+        run.record, run.logger, t, len(labels), estimator_diagnostics(fishers, names), exact
+    )
+
+
+def evaluate_continually(run: Run, t: int, task_start: int, step: int) -> None:
+    """Continual evaluation at global `step` while task `t` trains: every task seen so far on
+    its first `train.eval_subset` test images, recorded and logged (its time counts as
+    training's)."""
+    acc = [
+        accuracy(
+            run.model, task, run.sequence.scenario, seen=t, device=run.device,
+            batch_size=run.train.eval_batch_size, limit=run.train.eval_subset,
+        )
+        for task in run.sequence.tasks[: t + 1]
+    ]  # fmt: skip
+    point = {"step": step, "task": t + 1, "task_step": step - task_start, "acc": acc}
+    run.record.continual.append(point)
+    run.logger.log_continual(point)
 
 
 def evaluate_tasks(run: Run, state: LoopState, t: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -23,13 +23,17 @@ from ewcexp.task_sequence import Scenario, Task
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """The `train` section: how long each task trains, in minibatches, and how often to report."""
+    """The `train` section: how long each task trains, in minibatches, how often to report,
+    and whether to evaluate during training (continual evaluation: every `eval_every` steps,
+    every task seen so far on its first `eval_subset` test images; None: off)."""
 
     epochs: PositiveInt = 1
     iterations: PositiveInt | None = 500  # steps per task; None: `epochs` passes instead
     batch_size: PositiveInt = 128
     eval_batch_size: PositiveInt = 1024
     log_every: PositiveInt = 50  # steps between training-metric reports
+    eval_every: PositiveInt | None = None
+    eval_subset: PositiveInt = 1000
 
     def steps(self, train_size: int) -> int:
         return self.iterations or self.epochs * math.ceil(train_size / self.batch_size)
@@ -90,6 +94,8 @@ class TrainingLoop:
     logger: NoLogger
     log_every: int
     stop: StopRequest
+    probe: Callable[[int], None] | None = None  # called with the global step, every `probe_every`
+    probe_every: int = 0
 
     def run(
         self,
@@ -136,6 +142,8 @@ class TrainingLoop:
                 self.optimizer.step()
                 self.strategy.after_step(self.params)
                 since += len(batch)
+                if self.probe and (first_step + step + 1) % self.probe_every == 0:
+                    self.probe(first_step + step + 1)
                 if step % self.log_every == 0 or step == steps - 1:
                     loss_value = loss.item()
                     elapsed, clock = time.perf_counter() - clock, time.perf_counter()
