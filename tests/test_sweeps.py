@@ -4,6 +4,7 @@ report command, and the Optuna sweeper preset."""
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 
 import pytest
@@ -102,13 +103,14 @@ def test_multirun_lambda_sweep_and_its_report(tmp_path, data_root, capsys):
 
     assert report.main([str(sweep_dir), "--wandb", "offline"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split() == ["strategy", "lambda", "runs", "avg_acc", "bwt", "forgetting"]
+    assert printed[0].split() == list(report.COLUMNS)
     rows = [line.split() for line in printed[1:4]]
-    assert [row[:3] for row in rows] == [
-        ["ewc", "1", "1"],
-        ["ewc", "100", "1"],
-        ["finetune", "-", "2"],
+    assert [row[:4] for row in rows] == [
+        ["ewc", "1", "exact", "1"],
+        ["ewc", "100", "exact", "1"],
+        ["finetune", "-", "-", "2"],
     ]
+    assert "one seed: no interval" in printed[1]  # not ±0
     ewc_1 = json.loads(
         next(
             p
@@ -116,12 +118,61 @@ def test_multirun_lambda_sweep_and_its_report(tmp_path, data_root, capsys):
             if '"lambda": 1,' in p.read_text() and '"strategy": "ewc"' in p.read_text()
         ).read_text()
     )
-    assert float(rows[0][3]) == pytest.approx(ewc_1["avg_acc"], abs=1e-4)
+    assert float(rows[0][4]) == pytest.approx(ewc_1["avg_acc"], abs=1e-4)
     assert (sweep_dir / "lambda_sweep.png").stat().st_size > 1000
-    assert (sweep_dir / "lambda_sweep.csv").read_text().startswith("strategy,lambda,runs,avg_acc")
+    assert (
+        (sweep_dir / "lambda_sweep.csv")
+        .read_text()
+        .startswith("strategy,lambda,fisher,runs,avg_acc")
+    )
     summary = [r for r in read_wandb_run(sweep_dir) if r["type"] == "history"]
     logged = {key for r in summary for key in r["history"]["item"]}
-    assert {"lambda_sweep._type", "lambda_sweep_plot._type"} <= logged
+    assert {"lambda_sweep._type", "lambda_sweep_plot._type", "paired_differences._type"} <= logged
+
+
+def write_run(folder, strategy: str, strength: float, seed: int, accuracy: float) -> None:
+    folder.mkdir(parents=True)
+    results = {
+        "strategy": strategy, "lambda": strength, "seed": seed, "avg_acc": accuracy,
+        "bwt": -0.01, "forgetting": 0.01, "fisher_estimator": "exact",
+        "config": {"fisher": {"structure": "diagonal"}},
+    }  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(results))
+
+
+def test_report_gives_intervals_over_seeds_and_paired_differences(tmp_path, capsys):
+    """Three seeds: mean ± t_{0.975,2}·sd/√3; a lone seed says so; the paired difference's
+    interval comes from the per-seed differences, tighter than the rows' own here."""
+    ewc = [0.80, 0.84, 0.86]
+    si = [0.78, 0.83, 0.84]  # each seed 0.01-0.02 below ewc
+    for seed in range(3):
+        write_run(tmp_path / f"ewc{seed}", "ewc", 100, seed, ewc[seed])
+        write_run(tmp_path / f"si{seed}", "si", 10, seed, si[seed])
+    write_run(tmp_path / "lone", "ewc", 1000, 0, 0.5)
+    rows, pairs = report.collect(tmp_path)
+    row = next(r for r in rows if r["strategy"] == "ewc" and r["lambda"] == 100)
+    sd = statistics.stdev(ewc)
+    assert row["avg_acc"] == pytest.approx(statistics.fmean(ewc))
+    assert row["se"] == pytest.approx(sd / 3**0.5)
+    assert row["ci95_high"] - row["avg_acc"] == pytest.approx(4.303 * sd / 3**0.5)
+    lone = next(r for r in rows if r["lambda"] == 1000)
+    assert lone["se"] is None and lone["ci95_low"] is None
+    (pair,) = pairs
+    differences = [a - b for a, b in zip(ewc, si, strict=True)]
+    assert (pair["first"], pair["second"], pair["seeds"]) == ("ewc@100", "si@10", 3)
+    assert pair["difference"] == pytest.approx(statistics.fmean(differences))
+    half = 4.303 * statistics.stdev(differences) / 3**0.5
+    assert pair["ci95_low"] == pytest.approx(pair["difference"] - half)
+    si_row = next(r for r in rows if r["strategy"] == "si")
+    assert si_row["ci95_high"] > row["ci95_low"]  # the two rows' intervals overlap, yet
+    assert pair["ci95_low"] > 0  # paired over the seeds, the difference excludes 0
+    assert report.main([str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "one seed: no interval" in printed and "paired differences" in printed
+    assert (tmp_path / "lambda_sweep.png").stat().st_size > 1000
+    assert report.t_quantile(1) == 12.706 and report.t_quantile(10_000) == pytest.approx(
+        1.96, abs=1e-3
+    )
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path, capsys):

@@ -1,10 +1,12 @@
 """Summarise a sweep: `python -m ewcexp.report <multirun dir> [--wandb offline|online]`.
 
-Reads every job's `results.json` under the directory, prints a table (strategy, λ,
-final average accuracy, BWT, forgetting; means over seeds), writes it as
-`lambda_sweep.csv` and plots final average accuracy against λ per strategy as
-`lambda_sweep.png`. With `--wandb`, logs the table and the plot to one summary run in
-the multirun's W&B group.
+Reads every job's `results.json` under the directory and prints a table: per (strategy, λ,
+Fisher estimator), the runs (seeds), the mean final average accuracy with its standard
+error and 95% t-interval (a single seed says so, rather than ±0), mean BWT and forgetting.
+Below it, for the best λ of each two strategies, the paired difference over the seeds both
+ran, with its interval. Writes the table as `lambda_sweep.csv` and plots final average
+accuracy against λ with the intervals as error bars (`lambda_sweep.png`). With `--wandb`,
+logs both tables and the plot to one summary run in the multirun's W&B group.
 """
 
 from __future__ import annotations
@@ -19,56 +21,138 @@ from pathlib import Path
 from typing import Any
 
 WITHOUT_LAMBDA = ("finetune", "joint")  # drawn as horizontal references
-COLUMNS = ("strategy", "lambda", "runs", "avg_acc", "bwt", "forgetting")
+COLUMNS = (
+    "strategy", "lambda", "fisher", "runs", "avg_acc", "se", "ci95_low", "ci95_high",
+    "bwt", "forgetting",
+)  # fmt: skip
+PAIRED_COLUMNS = ("first", "second", "seeds", "difference", "se", "ci95_low", "ci95_high")
+# Student's t quantile t_{0.975, df} for df = 1..30; beyond, interpolated in 1/df to 1.96
+T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+    2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+    2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
 
 
-def collect(root: Path) -> list[dict[str, Any]]:
-    """One row per (strategy, λ): metrics averaged over the runs (seeds) found."""
-    groups: dict[tuple[str, float | None], list[dict[str, Any]]] = defaultdict(list)
+def t_quantile(df: int) -> float:
+    """t_{0.975} with `df` degrees of freedom: the half-width of a 95% interval in SEs."""
+    if df <= len(T_975):
+        return T_975[df - 1]
+    return 1.960 + (T_975[-1] - 1.960) * len(T_975) / df
+
+
+def interval(values: list[float]) -> dict[str, float | None]:
+    """Mean, standard error (sd/√n) and the 95% t-interval; no error or interval for one value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "se": None, "ci95_low": None, "ci95_high": None}
+    se = statistics.stdev(values) / len(values) ** 0.5
+    half = t_quantile(len(values) - 1) * se
+    return {"mean": mean, "se": se, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def group_key(results: dict[str, Any]) -> tuple[str, float | None, str | None]:
+    """(strategy, λ, Fisher): the estimator, with "/kfac" for Kronecker blocks."""
+    strategy = results["strategy"]
+    strength = None if strategy in WITHOUT_LAMBDA else float(results["lambda"])
+    estimator = results.get("fisher_estimator")
+    if estimator and results["config"].get("fisher", {}).get("structure") == "kfac":
+        estimator += "/kfac"
+    return strategy, strength, estimator
+
+
+def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One row per (strategy, λ, Fisher estimator): the runs (seeds) found, the mean final
+    average accuracy with its standard error and 95% interval, mean BWT and forgetting;
+    and for the best λ of each strategy, the paired differences between strategies over
+    the seeds both ran."""
+    groups: dict[tuple[str, float | None, str | None], list[dict[str, Any]]] = defaultdict(list)
     for path in sorted(root.rglob("results.json")):
         results = json.loads(path.read_text())
-        strength = None if results["strategy"] in WITHOUT_LAMBDA else float(results["lambda"])
-        groups[(results["strategy"], strength)].append(results)
+        groups[group_key(results)].append(results)
 
     def mean(runs: list[dict[str, Any]], key: str) -> float | None:
         values = [run[key] for run in runs if run[key] is not None]
         return statistics.fmean(values) if values else None
 
-    return [
-        {
-            "strategy": strategy,
-            "lambda": strength,
-            "runs": len(runs),
-            **{key: mean(runs, key) for key in ("avg_acc", "bwt", "forgetting")},
-        }
-        for (strategy, strength), runs in sorted(
-            groups.items(), key=lambda g: (g[0][0], g[0][1] or 0)
-        )
-    ]
+    rows = []
+    for (strategy, strength, estimator), runs in sorted(
+        groups.items(), key=lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")
+    ):
+        accuracy = interval([run["avg_acc"] for run in runs])
+        rows.append(
+            {
+                "strategy": strategy, "lambda": strength, "fisher": estimator,
+                "runs": len(runs), "avg_acc": accuracy["mean"], "se": accuracy["se"],
+                "ci95_low": accuracy["ci95_low"], "ci95_high": accuracy["ci95_high"],
+                "bwt": mean(runs, "bwt"), "forgetting": mean(runs, "forgetting"),
+                "by_seed": {run["seed"]: run["avg_acc"] for run in runs},
+            }
+        )  # fmt: skip
+    return rows, paired_differences(rows)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    def cell(column: str, value: Any) -> str:
+def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each two strategies (a Fisher other than exact counting as its own), their best
+    rows (highest mean) compared seed by seed: the
+    mean of the per-seed differences with its own interval (narrower than the two rows'
+    intervals suggest when the seeds move both alike)."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        method = label({**row, "lambda": None})
+        if method not in best or row["avg_acc"] > best[method]["avg_acc"]:
+            best[method] = row
+    pairs = []
+    names = sorted(best)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = best[first], best[second]
+            seeds = sorted(set(a["by_seed"]) & set(b["by_seed"]))
+            if not seeds:
+                continue
+            difference = interval([a["by_seed"][s] - b["by_seed"][s] for s in seeds])
+            pairs.append(
+                {
+                    "first": label(a), "second": label(b), "seeds": len(seeds),
+                    "difference": difference["mean"], "se": difference["se"],
+                    "ci95_low": difference["ci95_low"], "ci95_high": difference["ci95_high"],
+                }
+            )  # fmt: skip
+    return pairs
+
+
+def label(row: dict[str, Any]) -> str:
+    fisher = "" if row["fisher"] in (None, "exact") else f"[{row['fisher']}]"
+    return row["strategy"] + fisher + ("" if row["lambda"] is None else f"@{row['lambda']:g}")
+
+
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    def cell(column: str, value: Any, row: dict[str, Any]) -> str:
         if value is None:
-            return "-"
-        if column in ("avg_acc", "bwt", "forgetting"):
-            return f"{value:.4f}"
-        return value if column == "strategy" else f"{value:g}"
+            if column == "se" and (row.get("runs") == 1 or row.get("seeds") == 1):
+                return "one seed: no interval"
+            return "" if column.startswith("ci95") and row.get("se") is None else "-"
+        if isinstance(value, float):
+            return f"{value:.4f}" if column != "lambda" else f"{value:g}"
+        return str(value)
 
-    body = [[cell(c, row[c]) for c in COLUMNS] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in body]
+    body = [[cell(c, row[c], row) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in body]
     return "\n".join(lines)
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Final average accuracy against λ (log scale), one line per strategy."""
+    """Final average accuracy against λ (log scale), one line per strategy (for each λ the
+    first estimator's row), with 95% intervals as error bars where there are seeds enough."""
     from ewcexp.plots import plt
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for strategy in sorted({row["strategy"] for row in rows}):
-        points = [row for row in rows if row["strategy"] == strategy]
+        points = list(
+            {row["lambda"]: row for row in reversed(rows) if row["strategy"] == strategy}.values()
+        )[::-1]
         if strategy in WITHOUT_LAMBDA:
             axes.axhline(100 * points[0]["avg_acc"], linestyle="--", color="grey", linewidth=1)
             axes.annotate(
@@ -80,10 +164,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
                 va="bottom",
             )
             continue
-        axes.plot(
+        half = [0.0 if p["se"] is None else 100 * (p["ci95_high"] - p["avg_acc"]) for p in points]
+        axes.errorbar(
             [p["lambda"] for p in points],
             [100 * p["avg_acc"] for p in points],
+            yerr=half,
             marker="o",
+            capsize=3,
             label=strategy,
         )
     axes.set_xscale("log")
@@ -97,9 +184,14 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def log_to_wandb(
-    rows: list[dict[str, Any]], figure: Path, root: Path, mode: str, project: str
+    rows: list[dict[str, Any]],
+    pairs: list[dict[str, Any]],
+    figure: Path,
+    root: Path,
+    mode: str,
+    project: str,
 ) -> None:
-    """One summary run in the multirun's group: the table and a line plot per strategy."""
+    """One summary run in the multirun's group: both tables and a line plot per strategy."""
     import wandb
 
     group = "multirun-" + "-".join(root.resolve().parts[-2:])
@@ -113,6 +205,9 @@ def log_to_wandb(
     )
     try:
         table = wandb.Table(columns=list(COLUMNS), data=[[row[c] for c in COLUMNS] for row in rows])
+        paired = wandb.Table(
+            columns=list(PAIRED_COLUMNS), data=[[p[c] for c in PAIRED_COLUMNS] for p in pairs]
+        )
         swept = [row for row in rows if row["strategy"] not in WITHOUT_LAMBDA]
         strategies = sorted({row["strategy"] for row in swept})
         lambdas = sorted({row["lambda"] for row in swept})
@@ -120,6 +215,7 @@ def log_to_wandb(
         run.log(
             {
                 "lambda_sweep": table,
+                "paired_differences": paired,
                 "lambda_sweep_plot": wandb.Image(str(figure)),
                 "avg_acc_vs_lambda": wandb.plot.line_series(
                     xs=lambdas,
@@ -150,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    rows = collect(args.directory)
+    rows, pairs = collect(args.directory)
     if not rows:
         print(
             f"error: directory={args.directory} holds no results.json: expected a multirun "
@@ -159,14 +255,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     print(format_table(rows))
+    if pairs:
+        print("\npaired differences in final average accuracy (best λ of each, same seeds):")
+        print(format_table(pairs, PAIRED_COLUMNS))
     with open(args.directory / "lambda_sweep.csv", "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     figure = plot(rows, args.directory / "lambda_sweep.png")
     print(f"\nwrote {args.directory / 'lambda_sweep.csv'} and {figure}")
     if args.wandb:
-        log_to_wandb(rows, figure, args.directory, args.wandb, args.project)
+        log_to_wandb(rows, pairs, figure, args.directory, args.wandb, args.project)
     return 0
 
 
