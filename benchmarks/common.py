@@ -55,3 +55,18 @@ def machine() -> str:
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
+
+
+def step_ms(model, params, optimizer, batches, strategy) -> float:
+    """Mean milliseconds of the runner's training step over `batches`: forward, the
+    strategy writes its penalty's gradient into .grad, backward, optimizer step, after_step."""
+    import torch.nn.functional as F
+
+    start = time.perf_counter()
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        strategy.write_penalty_gradient(params)
+        loss.backward()
+        optimizer.step()
+        strategy.after_step(params)
+    return (time.perf_counter() - start) / len(batches) * 1e3

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from functools import partial
 
 import torch
-import torch.nn.functional as F
-from common import machine, median_seconds, mnist_like, table
+from common import machine, median_seconds, mnist_like, step_ms, table
 
 from ewcexp.fisher import Fisher
 from ewcexp.importance import TaskData
@@ -76,13 +74,7 @@ def stepping(tasks: list[int], steps: int, repeats: int, batch: int) -> list[lis
     diagonal = Fisher(estimator="exact", num_samples=1000)(model, data)
 
     def block_ms(strategy: Strategy) -> float:
-        start = time.perf_counter()
-        for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
-            strategy.write_penalty_gradient(params)
-            loss.backward()
-            optimizer.step()
-        return (time.perf_counter() - start) / steps * 1e3
+        return step_ms(model, params, optimizer, batches, strategy)
 
     def after(strategy: Strategy, count: int, importance: object) -> Strategy:
         for _ in range(count):  # the same Fisher around different anchors

@@ -15,8 +15,7 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from common import machine, median_seconds, mnist_like, table
+from common import machine, median_seconds, mnist_like, step_ms, table
 
 from ewcexp.model import MLP
 from ewcexp.strategy.base import Strategy
@@ -100,14 +99,7 @@ def main() -> None:
     batches = list(zip(images.split(128), labels.split(128), strict=True))
 
     def block_ms(strategy: Strategy) -> float:
-        start = time.perf_counter()
-        for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
-            strategy.write_penalty_gradient(params)
-            loss.backward()
-            optimizer.step()
-            strategy.after_step(params)
-        return (time.perf_counter() - start) / args.steps * 1e3
+        return step_ms(model, params, optimizer, batches, strategy)
 
     def paired(strategy: Strategy) -> tuple[float, float, float]:
         """Median step times of `strategy` and of fine-tuning, timed in alternating blocks,
