@@ -150,3 +150,26 @@ def killed_args() -> list[str]:
     from tests.test_resume import ARGS
 
     return list(ARGS)
+
+
+def test_resnet_standardises_pixels_per_channel_when_given_a_mean_and_std():
+    from ewcexp.model import ResNet18
+
+    torch.manual_seed(0)
+    standardised = ResNet18(
+        (3, 32, 32), 4, width=4, pixel_mean=[0.5, 0.4, 0.3], pixel_std=[0.2, 0.25, 0.5]
+    )
+    plain = ResNet18((3, 32, 32), 4, width=4)
+    plain.load_state_dict(
+        {k: v for k, v in standardised.state_dict().items() if "pixel" not in k}, strict=False
+    )
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    by_hand = (images.float() / 255 - torch.tensor([0.5, 0.4, 0.3]).view(3, 1, 1)) / torch.tensor(
+        [0.2, 0.25, 0.5]
+    ).view(3, 1, 1)
+    standardised.eval(), plain.eval()
+    torch.testing.assert_close(standardised(images), plain(by_hand))
+    with pytest.raises(
+        ConfigError, match=r"^model.pixel_mean=\[0.5\] with model.pixel_std=None is not allowed"
+    ):
+        check_config(compose_config("model=resnet18", "model.pixel_mean=[0.5]"))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewcexp.schema import PositiveInt
+from ewcexp.schema import PositiveFloat, PositiveInt
 
 
 def as_float(images: Tensor) -> Tensor:
@@ -100,13 +101,31 @@ class ResNet18(nn.Module):
     GEM): a 3x3 stride-1 stem, BasicBlocks [2, 2, 2, 2] of widths `width`·[1, 2, 4, 8] with
     strides [1, 2, 2, 2], global average pooling, one output layer. Small images keep their
     resolution in the stem, unlike ImageNet's 7x7 stride-2 stem and max-pooling.
-    Grey images [N, H, W] or [N, C, H, W]."""
+    Grey images [N, H, W] or [N, C, H, W]. `pixel_mean` and `pixel_std` (one per channel, of
+    the [0, 1] pixels) standardise the input first, as some reference code does for CIFAR."""
 
     def __init__(
-        self, input_shape: Sequence[int], out_features: int, width: PositiveInt = 20
+        self,
+        input_shape: Sequence[int],
+        out_features: int,
+        width: PositiveInt = 20,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[PositiveFloat] | None = None,
     ) -> None:
         super().__init__()
         in_channels = 1 if len(input_shape) == 2 else input_shape[0]
+        for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
+            if values is not None and len(values) != in_channels:
+                raise ValueError(
+                    f"model.{name}={list(values)} is not allowed: the images have "
+                    f"{in_channels} channel(s); expected null or {in_channels} numbers"
+                )
+        self.register_buffer(
+            "pixel_mean", torch.tensor(pixel_mean or [0.0] * in_channels).view(-1, 1, 1)
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(pixel_std or [1.0] * in_channels).view(-1, 1, 1)
+        )
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
             nn.BatchNorm2d(width),
@@ -121,8 +140,24 @@ class ResNet18(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, out_features)
 
+    @staticmethod
+    def check_arguments(
+        path: str, pixel_mean: list | None = None, pixel_std: list | None = None, **_: object
+    ) -> str | None:
+        """Both or neither, one number per channel each (the channels are checked once the
+        data is loaded)."""
+        if (pixel_mean is None) != (pixel_std is None) or (
+            pixel_mean is not None and len(pixel_mean) != len(pixel_std)
+        ):
+            return (
+                f"{path}.pixel_mean={pixel_mean} with {path}.pixel_std={pixel_std} is not "
+                "allowed: expected both null, or one number per channel in each"
+            )
+        return None
+
     def forward(self, images: Tensor) -> Tensor:
         x = as_float(images)
         if x.dim() == 3:
             x = x.unsqueeze(1)
+        x = (x - self.pixel_mean) / self.pixel_std
         return self.head(self.blocks(self.stem(x)).mean((2, 3)))
