@@ -63,6 +63,7 @@ def test_experiment_presets_set_the_papers_setup(name):
     assert cfg.task_sequence.get("pad_to") == padding
     assert cfg.task_sequence.get("class_order") == order
     assert cfg.strategy._target_.rsplit(".", 1)[-1] == strategy
+    assert cfg.task_sequence.active_classes == ("all" if name == "split_mnist_class" else "seen")
 
 
 SOURCE_CHOICES = {  # optimizer.reset_per_task, task_sequence.pad_to, class_order, strategy

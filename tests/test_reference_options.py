@@ -173,3 +173,18 @@ def test_resnet_standardises_pixels_per_channel_when_given_a_mean_and_std():
         ConfigError, match=r"^model.pixel_mean=\[0.5\] with model.pixel_std=None is not allowed"
     ):
         check_config(compose_config("model=resnet18", "model.pixel_mean=[0.5]"))
+
+
+def test_all_classes_active_from_the_first_task_in_the_class_scenario(tmp_path, data_root):
+    from ewcexp.task_sequence import Scenario
+
+    seen, every = Scenario("class", 5, 2), Scenario("class", 5, 2, all_classes_active=True)
+    assert (seen.active(0, 0), every.active(0, 0)) == (slice(0, 2), slice(0, 10))
+    assert every.active(3, 1) == slice(0, 10) and seen.active(3, 1) == slice(0, 8)
+    assert Scenario("task", 5, 2, True).active(1, 4) == slice(2, 4)  # only `class` changes
+    split = ["task_sequence=split_mnist", "task_sequence.scenario=class"]
+    narrow = experiment(tmp_path / "seen", data_root, *split)
+    wide = experiment(tmp_path / "all", data_root, *split, "task_sequence.active_classes=all")
+    # task 1 alone: with 2 units it cannot be wrong about the other digits; with 6 it can be
+    assert narrow["acc_matrix"][0] != wide["acc_matrix"][0]
+    assert wide["config"]["task_sequence"]["active_classes"] == "all"

@@ -24,6 +24,7 @@ from ewcexp.seeding import generator
 
 ScenarioKind = Literal["task", "domain", "class"]
 AngleSpacing = Literal["even", "random"]  # RotatedSequence's `angles`
+ActiveClasses = Literal["seen", "all"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Scenario:
     kind: str
     num_tasks: int
     classes_per_task: int
+    all_classes_active: bool = False  # class scenario: every unit from the first task on
 
     @property
     def output_size(self) -> int:
@@ -49,6 +51,8 @@ class Scenario:
             return slice(task * k, (task + 1) * k)
         if self.kind == "domain":
             return slice(0, k)
+        if self.all_classes_active:
+            return slice(0, self.num_tasks * k)
         return slice(0, (max(task, seen) + 1) * k)
 
 
@@ -107,7 +111,9 @@ def rotate(images: Tensor, degrees: float) -> Tensor:
 class TaskSequence:
     """A list of tasks over one dataset, with the scenario they are learned in. `pad_to`
     zero-pads the images to pad_to × pad_to (centred) before anything else, a permutation
-    included; the model's input size follows."""
+    included; the model's input size follows. `active_classes` (class scenario): "seen", the
+    classes of the tasks seen so far compete in the softmax; "all", every class from the
+    first task on (in training, the Fisher and evaluation), as some reference code does."""
 
     def __init__(
         self,
@@ -117,12 +123,15 @@ class TaskSequence:
         scenario: ScenarioKind,
         seed: NonNegativeInt,
         pad_to: PositiveInt | None = None,
+        active_classes: ActiveClasses = "seen",
     ) -> None:
         self.dataset = dataset  # the name `images` were loaded under
         self.images = padded(images, pad_to) if pad_to else images
         self.num_tasks = num_tasks
         self.seed = seed
-        self.scenario = Scenario(scenario, num_tasks, self.classes_per_task)
+        self.scenario = Scenario(
+            scenario, num_tasks, self.classes_per_task, active_classes == "all"
+        )
 
     classes_per_task: int
     tasks: list[Task]  # built lazily by each sequence type
@@ -210,11 +219,12 @@ class RotatedSequence(TaskSequence):
         max_angle: Annotated[float, Range(gt=0, le=360, unit="degrees")] = 180.0,
         angles: AngleSpacing = "even",
         pad_to: PositiveInt | None = None,
+        active_classes: ActiveClasses = "seen",
     ) -> None:
         self.classes_per_task = NUM_CLASSES[dataset]
         self.max_angle = max_angle
         self.angles = angles
-        super().__init__(dataset, images, num_tasks, scenario, seed, pad_to)
+        super().__init__(dataset, images, num_tasks, scenario, seed, pad_to, active_classes)
 
     @cached_property
     def tasks(self) -> list[Task]:
@@ -249,10 +259,11 @@ class SplitSequence(TaskSequence):
         classes_per_task: PositiveInt = 2,
         class_order: list[int] | Literal["random"] | None = None,
         pad_to: PositiveInt | None = None,
+        active_classes: ActiveClasses = "seen",
     ) -> None:
         self.classes_per_task = classes_per_task
         self.order_option = class_order if class_order in (None, "random") else list(class_order)
-        super().__init__(dataset, images, num_tasks, scenario, seed, pad_to)
+        super().__init__(dataset, images, num_tasks, scenario, seed, pad_to, active_classes)
 
     @staticmethod
     def check_arguments(
