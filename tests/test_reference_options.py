@@ -188,3 +188,16 @@ def test_all_classes_active_from_the_first_task_in_the_class_scenario(tmp_path, 
     # task 1 alone: with 2 units it cannot be wrong about the other digits; with 6 it can be
     assert narrow["acc_matrix"][0] != wide["acc_matrix"][0]
     assert wide["config"]["task_sequence"]["active_classes"] == "all"
+
+
+def test_first_unpermuted_keeps_task_one_and_draws_the_rest_alike(data_root):
+    from ewcexp.data import load_images
+    from ewcexp.task_sequence import PermutedSequence
+
+    images = load_images("mnist", str(data_root), download=False)
+    plain = PermutedSequence("mnist", images, 3, "domain", seed=4)
+    first = PermutedSequence("mnist", images, 3, "domain", seed=4, first_unpermuted=True)
+    assert first.tasks[0].pixel_permutation is None and first.tasks[0].name == "original"
+    assert torch.equal(first.tasks[0].test_set()[0], images.test_images)
+    for t in (1, 2):
+        assert torch.equal(first.tasks[t].pixel_permutation, plain.tasks[t].pixel_permutation)

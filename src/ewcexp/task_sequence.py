@@ -181,23 +181,42 @@ def padded(images: ImageData, side: int) -> ImageData:
 
 
 class PermutedSequence(TaskSequence):
-    """Every task is the whole dataset under its own fixed random pixel permutation."""
+    """Every task is the whole dataset under its own fixed random pixel permutation;
+    `first_unpermuted` keeps the first task's images as they are (the permutations of the
+    later tasks are drawn the same either way)."""
 
     classes_per_task = 10
+
+    def __init__(
+        self,
+        dataset: DatasetName,
+        images: ImageData,
+        num_tasks: PositiveInt,
+        scenario: ScenarioKind,
+        seed: NonNegativeInt,
+        pad_to: PositiveInt | None = None,
+        active_classes: ActiveClasses = "seen",
+        first_unpermuted: bool = False,
+    ) -> None:
+        self.first_unpermuted = first_unpermuted
+        super().__init__(dataset, images, num_tasks, scenario, seed, pad_to, active_classes)
 
     @cached_property
     def tasks(self) -> list[Task]:
         draws = generator(self.seed, "tasks")
         pixels = int(torch.tensor(self.input_shape).prod())
+        permutations = [torch.randperm(pixels, generator=draws) for _ in range(self.num_tasks)]
+        if self.first_unpermuted:
+            permutations[0] = None
         return [
             Task(
                 t,
-                f"permutation {t}",
+                "original" if permutation is None else f"permutation {t}",
                 self.images,
                 list(range(10)),
-                torch.randperm(pixels, generator=draws),
+                permutation,
             )
-            for t in range(self.num_tasks)
+            for t, permutation in enumerate(permutations)
         ]
 
 
