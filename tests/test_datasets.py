@@ -323,6 +323,8 @@ def test_new_sequences_train_end_to_end(
         ("hsu_split_mnist_task", 5, "MLP"),
         ("hsu_split_mnist_domain", 5, "MLP"),
         ("hsu_split_mnist_class", 5, "MLP"),
+        ("fisher_blog_split_mnist", 5, "MLP"),
+        ("fisher_blog_split_cifar10", 5, "ResNet18"),
     ],
 )
 def test_every_preset_runs_end_to_end(tmp_path, data_root, cifar_root, preset, tasks, model):
@@ -344,7 +346,8 @@ def test_every_preset_runs_end_to_end(tmp_path, data_root, cifar_root, preset, t
     assert all(len(row) == tasks for row in results["acc_matrix"])
     assert results["config"]["model"]["_target_"] == f"ewcexp.model.{model}"
     assert results["fisher_estimator"] == "exact"
-    assert results["data_source"] == f"torchvision:{root}"
+    padding = ", padded to 32×32" if preset == "permuted_mnist_domain" else ""
+    assert results["data_source"] == f"torchvision:{root}{padding}"
 
 
 # --- the download command -------------------------------------------------------------------
