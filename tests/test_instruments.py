@@ -125,3 +125,19 @@ def test_eval_every_and_diagnostics_leave_curves_diagnostics_and_overlaps_not_ot
         diagnostics[1]["per_parameter"]["all"]["batched"]["scale_ratio"]
     )
     assert logged[3]["fisher_overlap/task_1"] == pytest.approx(overlap[2][0])
+
+
+def test_no_dip_recovers_in_zero_steps_and_a_task_without_evaluations_is_drawn(tmp_path):
+    """eval_every longer than a task leaves some tasks without a point: the gaps skip them,
+    the figure still draws."""
+    from ewcexp.plots import continual_curves
+
+    points = [
+        {"step": 40, "task": 1, "task_step": 40, "acc": [0.8]},
+        {"step": 80, "task": 2, "task_step": 10, "acc": [0.85, 0.5]},  # no dip for task 1
+        {"step": 160, "task": 4, "task_step": 10, "acc": [0.7, 0.6, 0.5, 0.4]},  # task 3: none
+    ]
+    (gap,) = stability_gaps(points)
+    assert (gap["task"], gap["depth"], gap["steps_to_recover"]) == (1, pytest.approx(-0.05), 0)
+    figure = continual_curves(points, "t", tmp_path / "curves.png")
+    assert figure.stat().st_size > 5_000

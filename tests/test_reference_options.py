@@ -201,3 +201,18 @@ def test_first_unpermuted_keeps_task_one_and_draws_the_rest_alike(data_root):
     assert torch.equal(first.tasks[0].test_set()[0], images.test_images)
     for t in (1, 2):
         assert torch.equal(first.tasks[t].pixel_permutation, plain.tasks[t].pixel_permutation)
+
+
+def test_a_standardisation_that_does_not_fit_the_images_is_one_line(tmp_path, data_root):
+    done = run_cli(
+        *[o for o in TINY if not o.startswith("model.")], "model=resnet18", "model.width=4",
+        "model.pixel_mean=[0.5,0.5,0.5]",
+        "model.pixel_std=[0.2,0.2,0.2]", cwd=tmp_path, data_root=data_root,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: model.pixel_mean=[0.5, 0.5, 0.5] is not allowed: the images have 1 channel(s); "
+        "expected null or 1 numbers"
+    ]
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -103,7 +103,7 @@ def test_multirun_lambda_sweep_and_its_report(tmp_path, data_root, capsys):
 
     assert report.main([str(sweep_dir), "--wandb", "offline"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[0].split() == list(report.COLUMNS)
+    assert printed[0].split() == [c for c in report.COLUMNS if c != "setting"]  # none differ
     rows = [line.split() for line in printed[1:4]]
     assert [row[:4] for row in rows] == [
         ["ewc", "1", "exact", "1"],
@@ -130,12 +130,14 @@ def test_multirun_lambda_sweep_and_its_report(tmp_path, data_root, capsys):
     assert {"lambda_sweep._type", "lambda_sweep_plot._type", "paired_differences._type"} <= logged
 
 
-def write_run(folder, strategy: str, strength: float, seed: int, accuracy: float) -> None:
+def write_run(
+    folder, strategy: str, strength: float, seed: int, accuracy: float, lr: float = 0.001
+) -> None:
     folder.mkdir(parents=True)
     results = {
         "strategy": strategy, "lambda": strength, "seed": seed, "avg_acc": accuracy,
         "bwt": -0.01, "forgetting": 0.01, "fisher_estimator": "exact",
-        "config": {"fisher": {"structure": "diagonal"}},
+        "config": {"fisher": {"structure": "diagonal"}, "seed": seed, "optimizer": {"lr": lr}},
     }  # fmt: skip
     (folder / "results.json").write_text(json.dumps(results))
 
@@ -173,6 +175,20 @@ def test_report_gives_intervals_over_seeds_and_paired_differences(tmp_path, caps
     assert report.t_quantile(1) == 12.706 and report.t_quantile(10_000) == pytest.approx(
         1.96, abs=1e-3
     )
+
+
+def test_report_never_pools_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
+    for seed in range(2):
+        for lr in (0.001, 0.01):
+            write_run(tmp_path / f"ewc{seed}-{lr}", "ewc", 100, seed, 0.8 + lr, lr=lr)
+        write_run(tmp_path / f"si{seed}", "si", 10, seed, 0.7, lr=0.01)
+    rows, pairs = report.collect(tmp_path)
+    ewc = sorted((r["setting"], r["runs"]) for r in rows if r["strategy"] == "ewc")
+    assert ewc == [("optimizer.lr=0.001", 2), ("optimizer.lr=0.01", 2)]
+    (pair,) = pairs  # si ran with lr 0.01 only: paired with that ewc row alone
+    assert (pair["setting"], pair["difference"]) == ("optimizer.lr=0.01", pytest.approx(0.11))
+    assert report.main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[3] == "setting"
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path, capsys):

@@ -12,8 +12,8 @@ def stability_gaps(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each task j and the task after it: `before`, j's accuracy at the last evaluation
     while j itself trained; `min` and its `min_step` (steps into the next task), its lowest
     accuracy during the next task; `depth` = before − min; `steps_to_recover`, steps into the
-    next task until an evaluation after the minimum is back at `before` or above (None: not
-    within that task). Tasks numbered from 1. `points`: {"step", "task", "task_step", "acc"}
+    next task until an evaluation after the minimum is back at `before` or above (0: no dip
+    at all; None: not back within that task). Tasks numbered from 1. `points`: {"step", "task", "task_step", "acc"}
     in the order taken, `acc` over tasks 1..task."""
     gaps = []
     tasks = sorted({p["task"] for p in points})
@@ -25,8 +25,12 @@ def stability_gaps(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         before = own[-1]["acc"][old - 1]
         lowest = min(range(len(during)), key=lambda i: during[i]["acc"][old - 1])
         minimum = during[lowest]["acc"][old - 1]
-        recovered = next(
-            (p["task_step"] for p in during[lowest:] if p["acc"][old - 1] >= before), None
+        recovered = (
+            0
+            if minimum >= before
+            else next(
+                (p["task_step"] for p in during[lowest:] if p["acc"][old - 1] >= before), None
+            )
         )
         gaps.append(
             {

@@ -141,7 +141,8 @@ class KroneckerImportance:
 
     def spectra(self) -> dict[int, dict[str, Tensor]]:
         """The eigenvalues of A and of G (ascending) per block, keyed by its weight's index:
-        how many directions of a layer's inputs and outputs the penalty actually holds."""
+        how many directions of a layer's inputs and outputs this task's Fisher holds (for
+        `online_ewc`, the task's own factors, before they are merged into the running term)."""
         return {
             b.weight: {
                 "A": torch.linalg.eigvalsh(b.A.double()),

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ewcexp.config import ConfigError
 from ewcexp.schema import PositiveFloat, PositiveInt
 
 
@@ -116,7 +117,7 @@ class ResNet18(nn.Module):
         in_channels = 1 if len(input_shape) == 2 else input_shape[0]
         for name, values in (("pixel_mean", pixel_mean), ("pixel_std", pixel_std)):
             if values is not None and len(values) != in_channels:
-                raise ValueError(
+                raise ConfigError(
                     f"model.{name}={list(values)} is not allowed: the images have "
                     f"{in_channels} channel(s); expected null or {in_channels} numbers"
                 )

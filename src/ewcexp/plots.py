@@ -101,11 +101,10 @@ def continual_curves(points: list[dict], title: str, path: Path) -> Path:
             linewidth=1,
             label=f"task {j + 1}",
         )
+    starts = {p["task"]: p["step"] - p["task_step"] for p in points}  # tasks evaluated in
     for t in range(2, tasks + 1):
-        first = next(p for p in points if p["task"] == t)
-        axes.axvline(
-            first["step"] - first["task_step"], color="grey", linestyle="--", linewidth=0.8
-        )
+        if t in starts:
+            axes.axvline(starts[t], color="grey", linestyle="--", linewidth=0.8)
     axes.set_xlabel("training step")
     axes.set_ylabel("test accuracy on the subset (%)")
     axes.set_title(title, fontsize=9)

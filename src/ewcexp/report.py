@@ -22,10 +22,19 @@ from typing import Any
 
 WITHOUT_LAMBDA = ("finetune", "joint")  # drawn as horizontal references
 COLUMNS = (
-    "strategy", "lambda", "fisher", "runs", "avg_acc", "se", "ci95_low", "ci95_high",
+    "strategy", "lambda", "fisher", "setting", "runs", "avg_acc", "se", "ci95_low", "ci95_high",
     "bwt", "forgetting",
 )  # fmt: skip
-PAIRED_COLUMNS = ("first", "second", "seeds", "difference", "se", "ci95_low", "ci95_high")
+PAIRED_COLUMNS = (
+    "first",
+    "second",
+    "setting",
+    "seeds",
+    "difference",
+    "se",
+    "ci95_low",
+    "ci95_high",
+)
 # Student's t quantile t_{0.975, df} for df = 1..30; beyond, interpolated in 1/df to 1.96
 T_975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -61,32 +70,69 @@ def group_key(results: dict[str, Any]) -> tuple[str, float | None, str | None]:
     return strategy, strength, estimator
 
 
+# config keys that do not make two runs different settings: the seed and what follows from
+# it, what the row already names, and where output goes
+NOT_A_SETTING = (
+    "seed", "lambda", "resume", "logger.", "data.root", "data.download", "data.allow_fallback",
+    "train.log_every", "task_sequence.seed", "strategy.", "fisher.estimator", "fisher.structure",
+    "fisher.chunk_size", "device.",
+)  # fmt: skip
+
+
+def flat(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dotted key → value (as text) of a nested config."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
+
+
+def settings(runs: list[dict[str, Any]]) -> list[str]:
+    """Per run, the config keys whose values differ between the runs (other than the
+    seed and what each row already names) as `key=value ...`: runs that differ in more than
+    the seed are never pooled into one interval."""
+    flats = [
+        {
+            k: v
+            for k, v in flat(run.get("config", {})).items()
+            if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_A_SETTING)
+        }
+        for run in runs
+    ]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if len({f.get(k) for f in flats}) > 1]
+    return [" ".join(f"{k}={f.get(k, '-')}" for k in varying) for f in flats]
+
+
 def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One row per (strategy, λ, Fisher estimator): the runs (seeds) found, the mean final
-    average accuracy with its standard error and 95% interval, mean BWT and forgetting;
-    and for the best λ of each strategy, the paired differences between strategies over
-    the seeds both ran."""
-    groups: dict[tuple[str, float | None, str | None], list[dict[str, Any]]] = defaultdict(list)
-    for path in sorted(root.rglob("results.json")):
-        results = json.loads(path.read_text())
-        groups[group_key(results)].append(results)
+    """One row per (strategy, λ, Fisher estimator, setting): the runs (seeds) found, the mean
+    final average accuracy with its standard error and 95% interval, mean BWT and forgetting;
+    and for the best λ of each strategy, the paired differences between strategies of the
+    same setting over the seeds both ran."""
+    runs = [json.loads(path.read_text()) for path in sorted(root.rglob("results.json"))]
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for results, setting in zip(runs, settings(runs), strict=True):
+        groups[(*group_key(results), setting)].append(results)
 
     def mean(runs: list[dict[str, Any]], key: str) -> float | None:
         values = [run[key] for run in runs if run[key] is not None]
         return statistics.fmean(values) if values else None
 
     rows = []
-    for (strategy, strength, estimator), runs in sorted(
-        groups.items(), key=lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "")
+    for (strategy, strength, estimator, setting), grouped in sorted(
+        groups.items(), key=lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "", g[0][3])
     ):
-        accuracy = interval([run["avg_acc"] for run in runs])
+        accuracy = interval([run["avg_acc"] for run in grouped])
         rows.append(
             {
-                "strategy": strategy, "lambda": strength, "fisher": estimator,
-                "runs": len(runs), "avg_acc": accuracy["mean"], "se": accuracy["se"],
+                "strategy": strategy, "lambda": strength, "fisher": estimator, "setting": setting,
+                "runs": len(grouped), "avg_acc": accuracy["mean"], "se": accuracy["se"],
                 "ci95_low": accuracy["ci95_low"], "ci95_high": accuracy["ci95_high"],
-                "bwt": mean(runs, "bwt"), "forgetting": mean(runs, "forgetting"),
-                "by_seed": {run["seed"]: run["avg_acc"] for run in runs},
+                "bwt": mean(grouped, "bwt"), "forgetting": mean(grouped, "forgetting"),
+                "by_seed": {run["seed"]: run["avg_acc"] for run in grouped},
             }
         )  # fmt: skip
     return rows, paired_differences(rows)
@@ -97,15 +143,17 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows (highest mean) compared seed by seed: the
     mean of the per-seed differences with its own interval (narrower than the two rows'
     intervals suggest when the seeds move both alike)."""
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        method = label({**row, "lambda": None})
+        method = (row["setting"], label({**row, "lambda": None}))
         if method not in best or row["avg_acc"] > best[method]["avg_acc"]:
             best[method] = row
     pairs = []
     names = sorted(best)
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
+            if first[0] != second[0]:  # only within one setting
+                continue
             a, b = best[first], best[second]
             seeds = sorted(set(a["by_seed"]) & set(b["by_seed"]))
             if not seeds:
@@ -113,7 +161,8 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             difference = interval([a["by_seed"][s] - b["by_seed"][s] for s in seeds])
             pairs.append(
                 {
-                    "first": label(a), "second": label(b), "seeds": len(seeds),
+                    "first": label(a), "second": label(b), "setting": a["setting"],
+                    "seeds": len(seeds),
                     "difference": difference["mean"], "se": difference["se"],
                     "ci95_low": difference["ci95_low"], "ci95_high": difference["ci95_high"],
                 }
@@ -127,6 +176,9 @@ def label(row: dict[str, Any]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """The rows as aligned text; the `setting` column only when runs differ in one."""
+    columns = tuple(c for c in columns if c != "setting" or any(r["setting"] for r in rows))
+
     def cell(column: str, value: Any, row: dict[str, Any]) -> str:
         if value is None:
             if column == "se" and (row.get("runs") == 1 or row.get("seeds") == 1):

@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ewcexp import checkpoint
+from ewcexp.config import ConfigError
 from ewcexp.diagnostics import estimator_diagnostics
 from ewcexp.evaluation import accuracy
 from ewcexp.fisher import ESTIMATORS, Fisher, estimate_fisher
@@ -121,9 +123,14 @@ def prepare(
         cfg.task_sequence, images=instantiate(cfg.data)(cfg.task_sequence.dataset)
     )
     record = Record(torch.zeros(len(sequence.tasks), len(sequence.tasks)), started=started)
-    model: nn.Module = instantiate(
-        cfg.model, input_shape=sequence.input_shape, out_features=sequence.scenario.output_size
-    ).to(device)
+    try:
+        model: nn.Module = instantiate(
+            cfg.model, input_shape=sequence.input_shape, out_features=sequence.scenario.output_size
+        ).to(device)
+    except InstantiationException as error:  # a value that only the data shows is not allowed
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
     run = Run(
         cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
         instantiate(cfg.optimizer), instantiate(cfg.logger), device, output_dir, record,
