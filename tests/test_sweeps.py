@@ -123,7 +123,7 @@ def test_multirun_lambda_sweep_and_its_report(tmp_path, data_root, capsys):
     assert (
         (sweep_dir / "lambda_sweep.csv")
         .read_text()
-        .startswith("strategy,lambda,fisher,runs,avg_acc")
+        .startswith("strategy,lambda,fisher,setting,runs,avg_acc")
     )
     summary = [r for r in read_wandb_run(sweep_dir) if r["type"] == "history"]
     logged = {key for r in summary for key in r["history"]["item"]}
