@@ -216,3 +216,16 @@ def test_a_standardisation_that_does_not_fit_the_images_is_one_line(tmp_path, da
     ]
     assert not (tmp_path / "run" / "results.json").exists()
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resnet_stem_bias_and_last_relu_as_the_reference_builds_them():
+    from ewcexp.model import ResNet18
+
+    torch.manual_seed(0)
+    ours = ResNet18((3, 32, 32), 4, width=4)
+    theirs = ResNet18((3, 32, 32), 4, width=4, stem_bias=True, last_relu=False)
+    assert ours.stem[0].bias is None and theirs.stem[0].bias is not None
+    assert [b.final_relu for b in theirs.blocks] == [True] * 7 + [False]
+    assert all(b.final_relu for b in ours.blocks)
+    features = theirs.blocks(theirs.stem(torch.randn(2, 3, 32, 32)))
+    assert (features < 0).any()  # no ReLU after the last block: negative features reach pooling

@@ -79,8 +79,11 @@ class BasicBlock(nn.Module):
     conv-BatchNorm where the block changes the shape. Convolutions have no bias: BatchNorm's
     shift makes it redundant."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, final_relu: bool = True
+    ) -> None:
         super().__init__()
+        self.final_relu = final_relu
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -94,7 +97,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        return F.relu(out) if self.final_relu else out
 
 
 class ResNet18(nn.Module):
@@ -103,7 +107,9 @@ class ResNet18(nn.Module):
     strides [1, 2, 2, 2], global average pooling, one output layer. Small images keep their
     resolution in the stem, unlike ImageNet's 7x7 stride-2 stem and max-pooling.
     Grey images [N, H, W] or [N, C, H, W]. `pixel_mean` and `pixel_std` (one per channel, of
-    the [0, 1] pixels) standardise the input first, as some reference code does for CIFAR."""
+    the [0, 1] pixels) standardise the input first, as some reference code does for CIFAR;
+    `stem_bias` gives the stem convolution a bias and `last_relu=false` leaves out the ReLU
+    after the last block, as van de Ven's code has them."""
 
     def __init__(
         self,
@@ -112,6 +118,8 @@ class ResNet18(nn.Module):
         width: PositiveInt = 20,
         pixel_mean: list[float] | None = None,
         pixel_std: list[PositiveFloat] | None = None,
+        stem_bias: bool = False,
+        last_relu: bool = True,
     ) -> None:
         super().__init__()
         in_channels = 1 if len(input_shape) == 2 else input_shape[0]
@@ -128,7 +136,7 @@ class ResNet18(nn.Module):
             "pixel_std", torch.tensor(pixel_std or [1.0] * in_channels).view(-1, 1, 1)
         )
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=stem_bias),
             nn.BatchNorm2d(width),
             nn.ReLU(),
         )
@@ -136,7 +144,10 @@ class ResNet18(nn.Module):
         channels = width
         for stage, stride in enumerate((1, 2, 2, 2)):
             for block_stride in (stride, 1):
-                blocks.append(BasicBlock(channels, width * 2**stage, block_stride))
+                last = stage == 3 and block_stride == 1
+                blocks.append(
+                    BasicBlock(channels, width * 2**stage, block_stride, last_relu or not last)
+                )
                 channels = width * 2**stage
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(channels, out_features)
