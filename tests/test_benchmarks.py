@@ -26,14 +26,32 @@ from tests.conftest import REPO
         ("startup.py", ["--repeats", "1", "--warmup", "0", "data.download=false"], 24),
         (
             "kfac.py",
-            ["--samples", "64", "--tasks", "1", "2", "--steps", "2", "--repeats", "1",
-             "--batches", "16"],
+            [
+                "--samples",
+                "64",
+                "--tasks",
+                "1",
+                "2",
+                "--steps",
+                "2",
+                "--repeats",
+                "1",
+                "--batches",
+                "16",
+            ],
             15,
         ),  # fmt: skip
         (
             "instruments.py",
-            ["--repeats", "1", "task_sequence=permuted_mnist", "task_sequence.num_tasks=2",
-             "train.iterations=5", "fisher.num_samples=16", "data.download=false"],
+            [
+                "--repeats",
+                "1",
+                "task_sequence=permuted_mnist",
+                "task_sequence.num_tasks=2",
+                "train.iterations=5",
+                "fisher.num_samples=16",
+                "data.download=false",
+            ],
             3,
         ),  # fmt: skip
     ],
