@@ -124,9 +124,12 @@ def allowed(declared: Any) -> tuple[Callable[[Any], bool], str]:
             test = (lambda t, r: lambda v: t(v) and r.test(v))(test, rule)
         return test, text
     if origin is Literal:
-        return (lambda v: any(_same(v, a) for a in args)), "one of " + ", ".join(map(str, args))
+        text = str(args[0]) if len(args) == 1 else "one of " + ", ".join(map(str, args))
+        return (lambda v: any(_same(v, a) for a in args)), text
     if origin in (Union, types.UnionType):
-        parts = [allowed(a) for a in sorted(args, key=lambda a: a is not type(None))]
+        # null first, a list last: its "each ..." would otherwise swallow what follows it
+        order = sorted(args, key=lambda a: (a is not type(None), get_origin(a) is list))
+        parts = [allowed(a) for a in order]
         return (lambda v: any(t(v) for t, _ in parts)), " or ".join(text for _, text in parts)
     if origin is list:
         (item,) = args
