@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ewcexp import kfac
 from ewcexp.fisher import _signals
-from ewcexp.kfac import homogeneous, kronecker_factors
+from ewcexp.kfac import add_gram, homogeneous, kronecker_factors, mirrored
 
 
 def signals(estimator, labels, generator=None):
@@ -104,6 +105,18 @@ def test_factors_equal_their_sums_over_samples_and_positions(estimator):
         found = by_layer[id(layer.weight)]
         torch.testing.assert_close(found.A, a_sum / (len(images) * positions), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(found.G, g_sum / len(images), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [1, 5, 8, 9, 23, 40])
+def test_gram_fills_the_upper_triangle_and_mirrors_it(monkeypatch, width):
+    """The recursive halving (leaves of 4 columns here) adds rowsᵀ rows, and accumulates."""
+    monkeypatch.setattr(kfac, "GRAM_LEAF", 4)
+    rows, more = torch.randn(30, width, dtype=torch.float64), torch.randn(7, width).double()
+    total = torch.zeros(width, width, dtype=torch.float64)
+    add_gram(total, rows)
+    add_gram(total, more)
+    torch.testing.assert_close(mirrored(total), rows.T @ rows + more.T @ more)
+    assert torch.equal(mirrored(total), mirrored(total).T)
 
 
 def test_one_sample_linear_block_is_the_per_sample_outer_product():

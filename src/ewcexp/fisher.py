@@ -14,8 +14,11 @@ shrinks roughly with the batch size) and needs a far larger λ.
 How it is fast. Since ∂ log p(c|x)/∂logits = onehot(c) − p, every per-sample
 estimator is a sum of squared per-sample gradients of `g · logits` for a few
 backward signals g per sample: onehot(y) − p (empirical), onehot(ŷ) − p (sample),
-or √p_c·(onehot(c) − p) for every class c (exact). `per_sample.per_sample_sum` sums
-those squares over samples at about the cost of one batched backward pass per signal.
+and for exact the columns of any L with L Lᵀ = Σ_c p_c (onehot(c) − p)(onehot(c) − p)ᵀ
+= diag(p) − p pᵀ. That matrix has rank C − 1 (its null space is the all-ones vector),
+so C − 1 signals suffice, not the C of the sum as written (`_exact_signals`).
+`per_sample.per_sample_sum` sums those squares over samples at about the cost of one
+batched backward pass per signal.
 """
 
 from __future__ import annotations
@@ -92,10 +95,9 @@ class Fisher:
         def signals_for(logits: Tensor, rows: slice) -> Tensor:
             return _signals(logits.softmax(-1), labels[rows], self.estimator, data.generator)
 
-        classes = data.active.stop - data.active.start
         blocks = kronecker_factors(
             model, images, signals_for, active=data.active,
-            signals_per_sample=classes if self.estimator == "exact" else 1,
+            signals_per_sample=signal_count(self.estimator, data.active),
             chunk_size=self.chunk_size,
         )  # fmt: skip
         covered = {b.weight for b in blocks} | {b.bias for b in blocks if b.bias is not None}
@@ -149,7 +151,7 @@ def estimate_fisher(
         images,
         signals_for,
         active=active,
-        signals_per_sample=active.stop - active.start if estimator == "exact" else 1,
+        signals_per_sample=signal_count(estimator, active),
         power=2,
         chunk_size=chunk_size,
     )
@@ -175,15 +177,34 @@ def _batched(
     return [t / len(starts) for t in total]
 
 
+def signal_count(estimator: str, active: slice) -> int:
+    """Backward signals per sample: C − 1 for `exact` over C active classes, else one."""
+    return max(1, active.stop - active.start - 1) if estimator == "exact" else 1
+
+
 def _signals(
     probs: Tensor, labels: Tensor, estimator: str, generator: torch.Generator | None
 ) -> Tensor:
     """Backward signals on the logits, [signal, sample, class]; the estimator is the sum over
     signals of the squared per-sample gradients of signal · logits."""
-    classes = probs.shape[1]
     if estimator == "exact":
-        onehots = torch.eye(classes, dtype=probs.dtype, device=probs.device)[:, None, :]
-        return probs.T.sqrt()[:, :, None] * (onehots - probs)
+        return _exact_signals(probs)
     if estimator == "sample":
         labels = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return (F.one_hot(labels, classes).to(probs.dtype) - probs)[None]
+    return (F.one_hot(labels, probs.shape[1]).to(probs.dtype) - probs)[None]
+
+
+def _exact_signals(probs: Tensor) -> Tensor:
+    """C − 1 signals l_j per sample with Σ_j l_j l_jᵀ = diag(p) − p pᵀ (C signals' work less
+    one). With s = √p (a unit vector), diag(p) − p pᵀ = diag(s)(I − s sᵀ)diag(s), and the
+    Householder reflection R = I − v vᵀ/(1 + s_C), v = s + e_C, maps s to −e_C, so R's first
+    C − 1 columns are an orthonormal basis Q of s's complement: QQᵀ = I − s sᵀ, l_j = s ⊙ Q_j.
+    1 + s_C ≥ 1 keeps it stable for any p. One class: a single zero signal (the Fisher is 0)."""
+    samples, classes = probs.shape
+    if classes == 1:
+        return torch.zeros_like(probs)[None]
+    s = probs.sqrt()
+    v = torch.cat([s[:, :-1], s[:, -1:] + 1], 1)
+    eye = torch.eye(classes, classes - 1, dtype=probs.dtype, device=probs.device)
+    basis = eye - v[:, :, None] * (s[:, None, :-1] / (1 + s[:, -1, None, None]))
+    return (s[:, :, None] * basis).permute(2, 0, 1)  # [C − 1, sample, class]

@@ -42,6 +42,30 @@ def homogeneous(inputs: Tensor, bias: bool) -> Tensor:
     return torch.cat([inputs, inputs.new_ones(*inputs.shape[:-1], 1)], -1) if bias else inputs
 
 
+GRAM_LEAF = 128  # column blocks up to this wide are one general product in `add_gram`
+
+
+def add_gram(total: Tensor, rows: Tensor) -> None:
+    """Add rowsᵀ rows to `total` on and above the diagonal only (`mirrored` completes it), in
+    place: about two thirds of a general product's work, since torch offers no symmetric
+    rank-k update. The columns are halved recursively; each off-diagonal block is one
+    product, each diagonal block of at most GRAM_LEAF columns another."""
+    width = rows.shape[1]
+    if width <= GRAM_LEAF:
+        total.addmm_(rows.T, rows)
+        return
+    half = width // 2
+    left, right = rows[:, :half], rows[:, half:]
+    add_gram(total[:half, :half], left)
+    add_gram(total[half:, half:], right)
+    total[:half, half:].addmm_(left.T, right)
+
+
+def mirrored(upper: Tensor) -> Tensor:
+    """The symmetric matrix whose upper triangle `upper` holds."""
+    return upper.triu() + upper.triu(1).T
+
+
 def kronecker_factors(
     model: nn.Module,
     images: Tensor,
@@ -52,7 +76,8 @@ def kronecker_factors(
     chunk_size: int = 256,
 ) -> list[Factors]:
     """A and G of every Linear layer applied once per sample and every unfoldable Conv2d,
-    from one forward pass and one backward pass per signal, chunk by chunk."""
+    from one forward pass and one backward pass per signal, chunk by chunk. The chunk's
+    stacked signals bound its memory as in `per_sample.Plan.max_chunk`."""
     params = [p for p in model.parameters() if p.requires_grad]
     index = {id(p): i for i, p in enumerate(params)}
     was_training = model.training
@@ -60,7 +85,7 @@ def kronecker_factors(
     try:
         plan = plan_for(model, params, images[:1])
         layers = plan.linears + plan.convs
-        a_sums: dict[nn.Module, Tensor] = {}
+        a_sums: dict[nn.Module, Tensor] = {}  # upper triangles (see add_gram)
         g_sums: dict[nn.Module, Tensor] = {}
         positions: dict[nn.Module, int] = {}
         chunk = min(chunk_size, plan.max_chunk(signals_per_sample))
@@ -83,22 +108,28 @@ def kronecker_factors(
                 rows_in = inputs if isinstance(m, nn.Linear) else unfold(m, inputs)
                 a = homogeneous(rows_in, m.bias is not None).flatten(0, -2)
                 positions[m] = 1 if isinstance(m, nn.Linear) else rows_in.shape[1]
-                a_sums[m] = a_sums.get(m, 0) + a.T @ a
+                add_gram(a_sums.setdefault(m, a.new_zeros(a.shape[1], a.shape[1])), a)
             outputs = [seen[m][1] for m in layers]
+            # one backward pass per signal; each layer's output gradients for all of them
+            # are stacked into one Gram product (one batched pass, is_grads_batched, is
+            # slower where vmap falls back to loops, as for max-pooling)
+            stacks: dict[nn.Module, list[Tensor]] = {m: [] for m in layers}
             for signal in signals:
                 deltas = torch.autograd.grad(logits, outputs, signal, retain_graph=True)
                 for m, delta in zip(layers, deltas, strict=True):
                     d = delta if isinstance(m, nn.Linear) else delta.flatten(2).transpose(1, 2)
-                    d = d.flatten(0, -2)  # [samples·positions, out]
-                    g_sums[m] = g_sums.get(m, 0) + d.T @ d
+                    stacks[m].append(d.reshape(-1, d.shape[-1]))  # [samples·positions, out]
+            for m, stack in stacks.items():
+                d = torch.cat(stack)
+                add_gram(g_sums.setdefault(m, d.new_zeros(d.shape[1], d.shape[1])), d)
     finally:
         model.train(was_training)
     return [
         Factors(
             index[id(m.weight)],
             None if m.bias is None else index[id(m.bias)],
-            a_sums[m] / (len(images) * positions[m]),
-            g_sums[m] / len(images),
+            mirrored(a_sums[m]) / (len(images) * positions[m]),
+            mirrored(g_sums[m]) / len(images),
         )
         for m in layers
     ]
