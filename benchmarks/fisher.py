@@ -112,6 +112,13 @@ def measure(model, images, labels, repeats: int, loop_samples: int) -> list[list
             [estimator, f"{seconds:.2f}", f"{seconds / floor:.2f}", f"{naive / seconds:.1f}"]
         )
         if estimator == "exact":
+            check = slice(0, 2 * BATCH)  # the same Fisher, before it is timed
+            nine = estimate_fisher(
+                model, images[check], labels[check], estimator="exact", active=slice(0, CLASSES)
+            )
+            ten = exact_with_every_class(model, images[check])
+            for a, b in zip(nine, ten, strict=True):
+                torch.testing.assert_close(a, b / len(images[check]), rtol=1e-4, atol=1e-9)
             seconds = median_seconds(lambda: exact_with_every_class(model, images), repeats)
             rows.append(
                 [

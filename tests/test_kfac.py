@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ewcexp import kfac
-from ewcexp.fisher import _signals
+from ewcexp.fisher import _signals, signal_count
 from ewcexp.kfac import add_gram, homogeneous, kronecker_factors, mirrored
 
 
@@ -88,7 +88,7 @@ def test_factors_equal_their_sums_over_samples_and_positions(estimator):
     images, labels = torch.randn(7, 2, 9, 9), torch.randint(0, 5, (7,))
     factors = kronecker_factors(
         model, images, signals(estimator, labels), active=slice(0, 5),
-        signals_per_sample=5 if estimator == "exact" else 1, chunk_size=3,
+        signals_per_sample=signal_count(estimator, slice(0, 5)), chunk_size=3,
     )  # fmt: skip
     params = list(model.parameters())
     by_layer = {id(params[f.weight]): f for f in factors}
@@ -116,7 +116,9 @@ def test_gram_fills_the_upper_triangle_and_mirrors_it(monkeypatch, width):
     add_gram(total, rows)
     add_gram(total, more)
     torch.testing.assert_close(mirrored(total), rows.T @ rows + more.T @ more)
-    assert torch.equal(mirrored(total), mirrored(total).T)
+    half = width // 2
+    if width > 4:  # the block below the first split is never computed, only mirrored
+        assert not total[half:, :half].any()
 
 
 def test_one_sample_linear_block_is_the_per_sample_outer_product():

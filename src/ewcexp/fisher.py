@@ -195,8 +195,8 @@ def _signals(
 
 
 def _exact_signals(probs: Tensor) -> Tensor:
-    """C − 1 signals l_j per sample with Σ_j l_j l_jᵀ = diag(p) − p pᵀ (C signals' work less
-    one). With s = √p (a unit vector), diag(p) − p pᵀ = diag(s)(I − s sᵀ)diag(s), and the
+    """C − 1 signals l_j per sample with Σ_j l_j l_jᵀ = diag(p) − p pᵀ: C − 1 backward passes
+    instead of C. With s = √p (a unit vector), diag(p) − p pᵀ = diag(s)(I − s sᵀ)diag(s), and the
     Householder reflection R = I − v vᵀ/(1 + s_C), v = s + e_C, maps s to −e_C, so R's first
     C − 1 columns are an orthonormal basis Q of s's complement: QQᵀ = I − s sᵀ, l_j = s ⊙ Q_j.
     1 + s_C ≥ 1 keeps it stable for any p. One class: a single zero signal (the Fisher is 0)."""
