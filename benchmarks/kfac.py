@@ -5,9 +5,9 @@
 1. Estimating: `fisher.structure=kfac` against the diagonal `exact` Fisher on the same
    samples (MLP 784-400-400-10 and the CNN), both `exact` (C − 1 = 9 signals per sample).
 2. Stepping: a training step (forward, penalty gradient written into .grad, backward, fused
-   Adam; MLP, batch 128 and 1024) of online EWC and EWC with Kronecker blocks after T tasks, against
-   fine-tuning's step, timed in alternating blocks like benchmarks/penalty.py; the diagonal
-   EWC step beside them.
+   Adam; the MLP at batch 128, 1024 and 2048, the CNN at 128) of online EWC and EWC with
+   Kronecker blocks after T tasks, against fine-tuning's step, timed in alternating blocks
+   like benchmarks/penalty.py; the diagonal EWC step beside them.
 3. Storing: per layer, the numbers the factors keep (A: (in+1)², G: out²) against the
    diagonal Fisher's ((in+1)·out), per task.
 """
@@ -65,9 +65,11 @@ def estimating(samples: int, repeats: int) -> list[list[object]]:
     return rows
 
 
-def stepping(tasks: list[int], steps: int, repeats: int, batch: int) -> list[list[object]]:
+def stepping(
+    model_name: str, tasks: list[int], steps: int, repeats: int, batch: int
+) -> list[list[object]]:
     torch.manual_seed(0)
-    model = MLP((28, 28), 10, [400, 400])
+    model = MODELS[model_name]()
     params = list(model.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=True)
     images, labels = mnist_like(batch * steps)
@@ -136,7 +138,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="*", default=[1, 2, 5, 10])
     parser.add_argument("--steps", type=int, default=50, help="steps per timed block")
     parser.add_argument("--repeats", type=int, default=5, help="alternating pairs")
-    parser.add_argument("--batches", type=int, nargs="*", default=[128, 1024])
+    parser.add_argument("--batches", type=int, nargs="*", default=[128, 1024, 2048])
+    parser.add_argument("--cnn-tasks", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--cnn-batches", type=int, nargs="*", default=[128])
     args = parser.parse_args()
     print(f"{machine()}\n")
     print("Estimating one task's Fisher, `exact` (s; medians of alternating pairs):\n")
@@ -146,15 +150,18 @@ def main() -> None:
             estimating(args.samples, args.repeats),
         )
     )
-    for batch in args.batches:
+    mlp, cnn = MODELS
+    runs = [(mlp, args.tasks, batch) for batch in args.batches]
+    runs += [(cnn, args.cnn_tasks, batch) for batch in args.cnn_batches]
+    for name, tasks, batch in runs:
         print(
-            f"\nTraining step after T tasks (MLP 784-400-400-10, batch {batch}; medians over "
+            f"\nTraining step after T tasks ({name}, batch {batch}; medians over "
             f"{args.repeats} alternating pairs of {args.steps}-step blocks):\n"
         )
         print(
             table(
                 ["strategy", "tasks", "step ms", "finetune ms", "× finetune (median of pairs)"],
-                stepping(args.tasks, args.steps, args.repeats, batch),
+                stepping(name, tasks, args.steps, args.repeats, batch),
             )
         )
     print("\nStored per layer and task (numbers; the anchor, (in+1)·out, comes on top of both):\n")

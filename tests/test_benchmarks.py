@@ -38,8 +38,12 @@ from tests.conftest import REPO
                 "1",
                 "--batches",
                 "16",
+                "--cnn-tasks",
+                "1",
+                "--cnn-batches",
+                "8",
             ],
-            15,
+            19,
         ),  # fmt: skip
         (
             "instruments.py",
