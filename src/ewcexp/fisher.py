@@ -200,7 +200,7 @@ def _exact_signals(probs: Tensor) -> Tensor:
     Householder reflection R = I − v vᵀ/(1 + s_C), v = s + e_C, maps s to −e_C, so R's first
     C − 1 columns are an orthonormal basis Q of s's complement: QQᵀ = I − s sᵀ, l_j = s ⊙ Q_j.
     1 + s_C ≥ 1 keeps it stable for any p. One class: a single zero signal (the Fisher is 0)."""
-    samples, classes = probs.shape
+    classes = probs.shape[1]
     if classes == 1:
         return torch.zeros_like(probs)[None]
     s = probs.sqrt()

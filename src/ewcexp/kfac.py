@@ -110,7 +110,7 @@ def kronecker_factors(
                 rows_in = inputs if isinstance(m, nn.Linear) else unfold(m, inputs)
                 a = homogeneous(rows_in, m.bias is not None).flatten(0, -2)
                 positions[m] = 1 if isinstance(m, nn.Linear) else rows_in.shape[1]
-                add_gram(a_sums.setdefault(m, a.new_zeros(a.shape[1], a.shape[1])), a)
+                add_gram(_zeros_once(a_sums, m, a), a)
             outputs = [seen[m][1] for m in layers]
             # one backward pass per signal, each layer's output gradients copied into one
             # stack [signal, sample, position, out], and one Gram product per stack
@@ -121,7 +121,7 @@ def kronecker_factors(
                     stacks[m][k].copy_(_rows(delta))
             for m, stack in stacks.items():
                 rows = stack.view(-1, stack.shape[-1])
-                add_gram(g_sums.setdefault(m, rows.new_zeros(rows.shape[1], rows.shape[1])), rows)
+                add_gram(_zeros_once(g_sums, m, rows), rows)
     finally:
         model.train(was_training)
     return [
@@ -133,6 +133,13 @@ def kronecker_factors(
         )
         for m in layers
     ]
+
+
+def _zeros_once(sums: dict[nn.Module, Tensor], layer: nn.Module, rows: Tensor) -> Tensor:
+    """`sums[layer]`, a zero width × width matrix the first time (allocated once, not per chunk)."""
+    if layer not in sums:
+        sums[layer] = rows.new_zeros(rows.shape[1], rows.shape[1])
+    return sums[layer]
 
 
 def _rows(output: Tensor) -> Tensor:
