@@ -79,19 +79,28 @@ SOURCE_CHOICES = {  # optimizer.reset_per_task, task_sequence.pad_to, class_orde
 }
 
 
-def test_slurm_launcher_preset_composes_with_overridable_defaults():
+def slurm_launcher(*overrides):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config",
-            ["hydra/launcher=slurm", "device=cuda", "hydra.launcher.partition=gpu"],
-            return_hydra_config=True,
-        )
-    launcher = cfg.hydra.launcher
+        cfg = compose("config", ["hydra/launcher=slurm", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+def test_slurm_launcher_preset_composes_with_overridable_defaults():
+    """The values the README lists; a GPU only with device=cuda; any key overridable."""
+    launcher = slurm_launcher("device=cuda", "hydra.launcher.partition=gpu")
     assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.account, launcher.gpus_per_node) == ("gpu", None, 1)
-    assert launcher.max_num_timeout > 0 and launcher.timeout_min > 0
+    assert (launcher.partition, launcher.account, launcher.qos, launcher.gpus_per_node) == (
+        "gpu", None, None, 1,
+    )  # fmt: skip
+    documented = {
+        "timeout_min": 240, "cpus_per_task": 4, "mem_gb": 16, "array_parallelism": 64,
+        "max_num_timeout": 10, "signal_delay_s": 120,
+    }  # fmt: skip
+    assert {key: launcher[key] for key in documented} == documented
+    assert slurm_launcher("device=cpu").gpus_per_node is None
+    assert slurm_launcher("hydra.launcher.timeout_min=60").timeout_min == 60
 
 
 def test_default_config_has_the_documented_keys():
@@ -211,7 +220,7 @@ def test_unknown_key_is_caught_before_hydra_with_the_closest_key():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override", ["lambda=abc", "strategy=ewcc", "lamda=4"])
+@pytest.mark.parametrize("override", ["lambda=abc", "strategy=ewcc", "lamda=4", "device=cuda"])
 def test_cli_bad_input_is_one_line_no_traceback_no_results(override, tmp_path: Path):
     import torch
 

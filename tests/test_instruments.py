@@ -80,6 +80,7 @@ def test_fisher_overlap_is_one_for_identical_zero_for_disjoint_and_the_frechet_f
     assert all(matrix[i][j] == matrix[j][i] for i, j in product(range(3), repeat=2))
 
 
+@pytest.mark.slow
 def test_eval_every_and_diagnostics_leave_curves_diagnostics_and_overlaps_not_other_numbers(
     tmp_path, data_root
 ):

@@ -82,14 +82,35 @@ def patches_by_hand(conv, x):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("estimator", ["exact", "empirical"])
+def recording_drawn_labels(drawn, generator):
+    """`sample`'s signals, writing each sample's drawn label into `drawn`: the signal
+    onehot(y) − p is largest at y."""
+
+    def signals_for(logits, rows):
+        out = _signals(logits.softmax(-1), drawn[rows], "sample", generator)
+        drawn[rows] = out[0].argmax(-1)
+        return out
+
+    return signals_for
+
+
+@pytest.mark.parametrize("estimator", ["exact", "sample", "empirical"])
 def test_factors_equal_their_sums_over_samples_and_positions(estimator):
+    """For `sample`, the sums use the labels the estimator drew (a label per sample, as
+    `empirical` uses the true ones)."""
     model = Net().eval()
     images, labels = torch.randn(7, 2, 9, 9), torch.randint(0, 5, (7,))
+    signals_for = signals(estimator, labels)
+    if estimator == "sample":
+        labels = torch.full_like(labels, -1)
+        signals_for = recording_drawn_labels(labels, torch.Generator().manual_seed(3))
     factors = kronecker_factors(
-        model, images, signals(estimator, labels), active=slice(0, 5),
+        model, images, signals_for, active=slice(0, 5),
         signals_per_sample=signal_count(estimator, slice(0, 5)), chunk_size=3,
     )  # fmt: skip
+    if estimator == "sample":
+        assert (labels >= 0).all() and len(labels.unique()) > 1  # every sample drew a label
+        estimator = "empirical"  # one signal per sample, at the recorded labels
     params = list(model.parameters())
     by_layer = {id(params[f.weight]): f for f in factors}
     for layer in (model.conv1, model.conv2, model.fc1, model.fc2):
@@ -136,21 +157,29 @@ def test_one_sample_linear_block_is_the_per_sample_outer_product():
     torch.testing.assert_close(torch.kron(first.A, first.G), torch.outer(gradient, gradient))
 
 
-def dense_penalty(params, anchor, term_blocks, stiffness):
-    """Σ diagonal K(θ−θ*)² + Σ_blocks vec(ΔW̄)ᵀ (A ⊗ G) vec(ΔW̄), the Kronecker product built
-    explicitly (column-stacking vec), differentiable."""
+def dense_penalty(params, anchor, blocks, stiffness, strength, damping=0.0):
+    """Σ diagonal K(θ−θ*)² + Σ_blocks λ·vec(ΔW̄)ᵀ (A⊗G + √d(A⊗I + I⊗G) + d·I) vec(ΔW̄): the
+    damped block as the README writes it, built explicitly (column-stacking vec, undamped
+    factors), differentiable."""
     total = 0
     for p, a, k in zip(params, anchor, stiffness, strict=True):
         if k is not None:
             total = total + (k * (p - a) ** 2).sum()
-    for block in term_blocks:
+    root = damping**0.5
+    for block in blocks:
         difference = (params[block.weight] - anchor[block.weight]).reshape(len(block.G), -1)
         if block.bias is not None:
             difference = torch.cat(
                 [difference, (params[block.bias] - anchor[block.bias])[:, None]], 1
             )
         v = difference.T.flatten()
-        total = total + v @ torch.kron(block.A, block.G) @ v
+        eye_a, eye_g = (torch.eye(len(f), dtype=f.dtype) for f in (block.A, block.G))
+        matrix = (
+            torch.kron(block.A, block.G)
+            + root * (torch.kron(block.A, eye_g) + torch.kron(eye_a, block.G))
+            + damping * torch.eye(len(v), dtype=v.dtype)
+        )
+        total = total + strength * (v @ matrix @ v)
     return total
 
 
@@ -159,9 +188,9 @@ def random_spd(size, generator):
     return m @ m.T / size + 0.1 * torch.eye(size, dtype=torch.float64)
 
 
-def kfac_tasks(generator, num_tasks):
+def kfac_tasks(generator, num_tasks, damping=0.0):
     """A conv (with bias), a bias-free Linear, a plain Linear and a BatchNorm-like vector;
-    per task a KroneckerImportance and an anchor."""
+    per task a KroneckerImportance (damped by `damping`) and an anchor."""
     from ewcexp.kfac import Factors, KroneckerImportance
 
     shapes = [(3, 2, 2, 2), (3,), (4, 3), (5, 4), (5,), (6,)]
@@ -174,19 +203,21 @@ def kfac_tasks(generator, num_tasks):
         ]
         diagonal = [None] * 5 + [torch.rand(6, generator=generator, dtype=torch.float64)]
         anchor = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
-        tasks.append((KroneckerImportance(diagonal, blocks), anchor))
+        tasks.append((KroneckerImportance(diagonal, blocks, damping), anchor))
     params = [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
     return tasks, params
 
 
-def test_kronecker_penalty_value_and_gradient_equal_the_dense_quadratic():
-    """(λ/2)·tr(ΔW̄ᵀ G ΔW̄ A) per block = (λ/2)·vec(ΔW̄)ᵀ(A⊗G)vec(ΔW̄); the gradient written
-    before backward (first task written, later ones added) equals autograd of the dense form;
-    a checkpoint's state rebuilds the same penalty."""
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_kronecker_penalty_value_and_gradient_equal_the_dense_quadratic(damping):
+    """(λ/2)·tr(ΔW̄ᵀ G ΔW̄ A) per block = (λ/2)·vec(ΔW̄)ᵀ(A⊗G)vec(ΔW̄), and with damping d the
+    README's damped block A⊗G + √d(A⊗I + I⊗G) + d·I; the gradient written before backward
+    (first task written, later ones added) equals autograd of the dense form; a checkpoint's
+    state rebuilds the same penalty."""
     from ewcexp.strategy.ewc import EWC
 
     generator = torch.Generator().manual_seed(0)
-    tasks, params = kfac_tasks(generator, 2)
+    tasks, params = kfac_tasks(generator, 2, damping)
     strategy = EWC(strength=3.0)
     for importance, anchor in tasks:
         strategy.consolidate(anchor, importance)
@@ -196,8 +227,10 @@ def test_kronecker_penalty_value_and_gradient_equal_the_dense_quadratic():
             dense_penalty(
                 leaves,
                 anchor,
-                imp.term(anchor, 3.0).blocks,
+                imp.blocks,
                 [None if k is None else k * 3.0 for k in imp.diagonal],
+                3.0,
+                damping,
             )
             for imp, anchor in tasks
         )

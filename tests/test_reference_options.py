@@ -42,18 +42,23 @@ def experiment(tmp_path, data_root, *overrides):
 
 def test_task_ones_fisher_samples_are_not_its_first_batch(tmp_path, data_root):
     """Seeded alike, the batch order's first epoch and the Fisher's sample draw were one and
-    the same permutation: the Fisher saw exactly the first batches' images. The run's two
-    generators now draw different ones."""
+    the same permutation: the Fisher saw exactly the first batch's images. The run's two
+    generators now draw different ones: the first batch the training loop takes and the
+    samples the Fisher draws (through the objects the runner uses) share few images."""
+    from ewcexp.importance import TaskData
     from ewcexp.runner import prepare
+    from ewcexp.training import batch_indices
 
     cfg = compose_config(*TINY, f"data.root={data_root}", "resume=false")
-    _, state, _ = prepare(cfg, {}, tmp_path)
-    size = 400
-    first_epoch = torch.randperm(size, generator=state.batch_rng)
-    fisher_draw = torch.randperm(size, generator=state.fisher_rng)
-    assert not torch.equal(first_epoch[:128], fisher_draw[:128])
-    same_seed = [torch.Generator().manual_seed(0) for _ in range(2)]  # what it was
-    assert torch.equal(*(torch.randperm(size, generator=g) for g in same_seed))
+    run, state, _ = prepare(cfg, {}, tmp_path)
+    task = run.sequence.tasks[0]
+    images, _ = task.train_set()
+    (first_batch,) = batch_indices(len(images), 128, 1, state.batch_rng)
+    data = TaskData.of(task, run.sequence.scenario, run.device, state.fisher_rng)
+    drawn, _ = data.subset(128)
+    batch_rows = {tuple(row.tolist()) for row in images[first_batch].flatten(1)}
+    shared = sum(tuple(row.tolist()) in batch_rows for row in drawn.flatten(1))
+    assert shared < 64, f"{shared} of the Fisher's 128 samples are in the first batch"
 
 
 def test_pad_to_pads_before_permuting_and_the_model_follows(tmp_path, data_root):
@@ -121,6 +126,27 @@ def test_reset_per_task_false_carries_the_optimizer_state_to_the_next_task(
     assert carried["acc_matrix"][1:] != fresh["acc_matrix"][1:]
 
 
+def test_epochs_mode_trains_each_task_for_whole_passes_over_its_data(tmp_path, data_root):
+    """train.iterations=null: each task takes `epochs` passes of ceil(N / batch) steps (a
+    last short batch included), counted by Adam's step carried across tasks."""
+    import math
+
+    from ewcexp.runner import prepare
+
+    options = [
+        "task_sequence=split_mnist", "train.iterations=null", "train.epochs=2",
+        "train.batch_size=64", "optimizer.reset_per_task=false",
+    ]  # fmt: skip
+    experiment(tmp_path / "run", data_root, *options)
+    cfg = compose_config(*TINY, f"data.root={data_root}", *options, "resume=false")
+    tasks = prepare(cfg, {}, tmp_path / "sizes")[0].sequence.tasks
+    sizes = [len(task.train_set()[1]) for task in tasks]
+    assert any(size % 64 for size in sizes)  # a short last batch somewhere
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    (step, *_) = {float(s["step"]) for s in saved["optimizer"]["state"].values()}
+    assert step == sum(2 * math.ceil(size / 64) for size in sizes)
+
+
 @pytest.mark.slow
 def test_carried_optimizer_state_survives_kills_mid_task_and_at_task_ends(tmp_path, data_root):
     """The resume test's interruptions with reset_per_task=false: every checkpoint holds the
@@ -183,11 +209,20 @@ def test_all_classes_active_from_the_first_task_in_the_class_scenario(tmp_path, 
     assert every.active(3, 1) == slice(0, 10) and seen.active(3, 1) == slice(0, 8)
     assert Scenario("task", 5, 2, True).active(1, 4) == slice(2, 4)  # only `class` changes
     split = ["task_sequence=split_mnist", "task_sequence.scenario=class"]
-    narrow = experiment(tmp_path / "seen", data_root, *split)
     wide = experiment(tmp_path / "all", data_root, *split, "task_sequence.active_classes=all")
-    # task 1 alone: with 2 units it cannot be wrong about the other digits; with 6 it can be
-    assert narrow["acc_matrix"][0] != wide["acc_matrix"][0]
     assert wide["config"]["task_sequence"]["active_classes"] == "all"
+    # the loop's first task, through the objects the runner builds: its loss spans units
+    # 0-1, or all six units of the three tasks
+    from ewcexp.runner import prepare
+    from ewcexp.training import training_set
+
+    for option, units in (("seen", 2), ("all", 6)):
+        cfg = compose_config(
+            *TINY, f"data.root={data_root}", *split, f"task_sequence.active_classes={option}"
+        )
+        run = prepare(cfg, {}, tmp_path / f"prepared-{option}")[0]
+        _, _, lo, hi = training_set(run.sequence.tasks[:1], run.sequence.scenario, 0, run.device)
+        assert (lo == 0).all() and (hi == units).all(), option
 
 
 def test_first_unpermuted_keeps_task_one_and_draws_the_rest_alike(data_root):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -78,13 +79,32 @@ def test_si_path_integral_is_minus_the_sum_of_task_gradient_times_step():
 
 
 def test_si_with_zero_steps_adds_nothing_and_survives_a_checkpoint():
-    si = SI(strength=1.0)
+    """A task ended before any step adds Ω = 0 (nothing moved, no path); a state restored
+    mid-task (ω, θ before the step, θ(μ−1)) goes on exactly as the original, through the end
+    of the task and the penalty's gradient."""
+    idle = SI(strength=1.0)
     theta = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
-    train_si(si, theta, torch.ones(2, dtype=torch.float64), 3, 0.05)
+    idle.end_task(None, [theta], None)
+    assert torch.equal(idle.accumulated_importance()[0], torch.zeros(2, dtype=torch.float64))
+    assert idle.penalty_value([theta.detach() + 1]) == 0
+
+    b = torch.ones(2, dtype=torch.float64)
+    si = SI(strength=1.0)
+    train_si(si, theta, b, 3, 0.05)
+    saved = io.BytesIO()
+    torch.save(si.state_dict(), saved)  # as the checkpoint does: a copy, not shared tensors
     restored = SI(strength=1.0)
-    restored.load_state_dict(si.state_dict())  # mid-task: ω, θ before the step, θ(μ−1)
-    for a, b in zip(restored.omega + restored.task_start, si.omega + si.task_start, strict=True):
-        assert torch.equal(a, b)
+    restored.load_state_dict(torch.load(io.BytesIO(saved.getvalue())))
+    twin = theta.detach().clone().requires_grad_()
+    for strategy, params in ((si, theta), (restored, twin)):
+        train_si(strategy, params, b, 4, 0.05)
+        strategy.end_task(None, [params], None)
+        train_si(strategy, params, 2 * b, 2, 0.05)  # under the first task's penalty
+    assert torch.equal(twin, theta)
+    assert si.omega[0].abs().sum() > 0 and si.accumulated_importance()[0].abs().sum() > 0
+    for name in ("omega", "before_step", "task_start", "importance_sum"):
+        for a, b_ in zip(getattr(restored, name), getattr(si, name), strict=True):
+            assert torch.equal(a, b_), name
 
 
 def test_ewcpp_running_fisher_is_the_moving_average_of_squared_task_gradients():

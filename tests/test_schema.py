@@ -25,23 +25,35 @@ OPTIONS = [
 
 
 def declared_leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, type hint) of every key the config sets; a key without a declaration
-    fails here, as the check itself refuses it."""
+    """(dotted path, type hint) of every key the config sets, in sections nested at any
+    depth (`strategy.importance.num_samples`); a key without a declaration fails here, as
+    the check itself refuses it."""
     for key in node:
         path = f"{prefix}{key}"
         if OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
             continue  # `importance: ${fisher}`: the fisher node's keys are walked there
         if isinstance(node[key], DictConfig):
-            _, parameters = declared_keys(node[key]._target_)
-            for inner in node[key]:
-                value = node[key][inner]
-                if inner in HYDRA_KEYS or isinstance(value, DictConfig):
-                    continue
-                assert parameters.get(inner) is not None, f"{path}.{inner} is not declared"
-                yield f"{path}.{inner}", parameters[inner]
+            yield from section_leaves(node[key], path)
         else:
             assert key in TOP_LEVEL_KEYS, f"{path} is not declared"
             yield path, TOP_LEVEL_KEYS[key]
+
+
+def section_leaves(section: DictConfig, path: str) -> Iterator[tuple[str, Any]]:
+    """The keys of one section with a _target_, declared by the code that target names."""
+    _, parameters = declared_keys(section._target_)
+    for inner in section:
+        if (
+            inner in HYDRA_KEYS
+            or OmegaConf.is_interpolation(section, inner)
+            and isinstance(section[inner], DictConfig)
+        ):
+            continue
+        if isinstance(section[inner], DictConfig):
+            yield from section_leaves(section[inner], f"{path}.{inner}")
+            continue
+        assert parameters.get(inner) is not None, f"{path}.{inner} is not declared"
+        yield f"{path}.{inner}", parameters[inner]
 
 
 def outside(declared: Any) -> list[Any]:

@@ -19,7 +19,9 @@ def backward_transfer(acc: Tensor, after: int) -> float | None:
 
 def forgetting(acc: Tensor, after: int) -> float | None:
     """Chaudhry et al. 2018: mean over earlier tasks j of the best accuracy j had after it was
-    learned (rows j..after−1) minus its accuracy now; None before a second task."""
+    learned (rows j..after−1) minus its accuracy now; None before a second task. Rows before
+    j are left out: the runner scores every task after every task, and a task's accuracy
+    before it was trained (which Chaudhry et al.'s matrix never holds) is no baseline."""
     if after == 0:
         return None
     drops = [acc[j:after, j].max() - acc[after, j] for j in range(after)]

@@ -2,7 +2,7 @@
 
     penalty(θ) = (1/2) · [ Σ_k q_k(θ)  +  c ]
 
-is a list of terms, each owning its quadratic form q_k and its gradient ∂q_k/2∂θ: a
+is a list of terms, each owning its quadratic form q_k and its gradient ∂(q_k/2)/∂θ: a
 diagonal term (EWC, L2, online EWC) has q = Σ_i K_i (θ_i − θ*_i)² with stiffness K = λ·F;
 other terms (Kronecker-factored blocks) can sit beside it. `c` is a constant kept so that
 merged terms report the same value as the separate ones. The gradient is written straight

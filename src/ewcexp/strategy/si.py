@@ -83,7 +83,8 @@ class SI(PenaltyStrategy):
         return importance
 
     def consolidate(self, params: Tensors, importance: Tensors | None) -> None:
-        """Ω += the task's importance; the penalty is λ·Ω around the latest parameters."""
+        """Ω += the task's importance; the stiffness is λ·Ω (penalty (λ/2)·Σ Ω(θ − θ*)²) around
+        the latest parameters."""
         if self.importance_sum is None:
             self.importance_sum = [t.clone() for t in importance]
         else:
