@@ -196,6 +196,20 @@ def test_unknown_group_option_is_caught_before_hydra():
     )
 
 
+def test_help_lists_every_group_option_and_the_launchers(tmp_path):
+    done = run_cli("--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for group in sorted(g for g in CONF.iterdir() if g.is_dir() and g.name != "hydra"):
+        listed = next(line for line in lines if line.startswith(f"{group.name}: "))
+        options = listed.split(": ", 1)[1].split(", ")
+        assert options == sorted(o.stem for o in group.glob("*.yaml")), listed
+    for launcher in (CONF / "hydra" / "launcher").glob("*.yaml"):
+        assert f"hydra/launcher={launcher.stem}" in done.stdout
+    assert "fisher.structure=kfac" in done.stdout and "lambda: 400" in done.stdout
+    assert not (tmp_path / "run").exists()  # nothing run, nothing written
+
+
 def test_unknown_key_is_caught_before_hydra_with_the_closest_key():
     assert unknown_key(["lamda=4"], CONF) == (
         "lamda=4 is not allowed: the config has no key lamda (did you mean lambda? "

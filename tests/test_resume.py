@@ -145,24 +145,26 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, data_root):
     assert not list(tmp_path.glob("*.partial"))
 
 
-def test_stop_request_defers_the_signal_then_hands_it_to_the_previous_handler():
-    """As under submitit: its handler (here a stand-in) runs only once we have saved."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])
+def test_stop_request_defers_the_signal_then_hands_it_to_the_previous_handler(signum):
+    """As under submitit: its handler (here a stand-in) runs only once we have saved; for each
+    signal the README names (preemption, USR1 from your own sbatch script, the time limit's warning)."""
     import os
 
     from ewcexp.preemption import StopRequest
 
     received = []
-    original = signal.signal(signal.SIGUSR2, lambda signum, frame: received.append(signum))
+    original = signal.signal(signum, lambda got, frame: received.append(got))
     try:
         with StopRequest() as stop:
             assert not stop.requested
-            os.kill(os.getpid(), signal.SIGUSR2)
+            os.kill(os.getpid(), signum)
             assert stop.requested and received == []
             with pytest.raises(SystemExit) as exited:
                 stop.exit()
-        assert received == [signal.SIGUSR2]
-        assert exited.value.code == 128 + signal.SIGUSR2
-        os.kill(os.getpid(), signal.SIGUSR2)  # the previous handler is back in place
-        assert received == [signal.SIGUSR2, signal.SIGUSR2]
+        assert received == [signum]
+        assert exited.value.code == 128 + signum
+        os.kill(os.getpid(), signum)  # the previous handler is back in place
+        assert received == [signum, signum]
     finally:
-        signal.signal(signal.SIGUSR2, original)
+        signal.signal(signum, original)

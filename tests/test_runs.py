@@ -27,6 +27,20 @@ def experiment(tmp_path: Path, data_root: Path, *overrides: str, base: list[str]
 
 
 @pytest.mark.slow
+def test_local_launcher_runs_the_jobs_as_submitit_processes(tmp_path, data_root):
+    """`hydra/launcher=local`: the SLURM launcher's jobs, as processes on this machine, each
+    writing its own results."""
+    done = run_cli(
+        "-m", "hydra/launcher=local", "lambda=1,10", *TINY, cwd=tmp_path, data_root=data_root
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    sweep = tmp_path / "multirun"
+    lambdas = [json.loads((sweep / str(i) / "results.json").read_text())["lambda"] for i in (0, 1)]
+    assert lambdas == [1, 10]
+    assert list((sweep / ".submitit").glob("*/*_log.out")), "no submitit job logs"
+
+
+@pytest.mark.slow
 def test_cli_multirun_runs_all_six_strategies(tmp_path, data_root):
     done = run_cli(
         "-m",
