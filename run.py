@@ -12,7 +12,12 @@ gc.disable()  # until the imports are done: they create objects that live as lon
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from ewcexp.cli import unknown_group_choice, unknown_key, unwritable_run_dir  # noqa: E402
+from ewcexp.cli import (  # noqa: E402
+    refused_job,
+    unknown_group_choice,
+    unknown_key,
+    unwritable_run_dir,
+)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -54,6 +59,7 @@ if __name__ == "__main__":
         unknown_group_choice(args, conf_dir)
         or unknown_key(args, conf_dir)
         or unwritable_run_dir(args)
+        or refused_job(args, conf_dir)
     ):
         sys.exit(f"error: {error}")
     main()

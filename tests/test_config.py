@@ -8,7 +8,7 @@ import pytest
 
 from ewcexp.cli import unknown_group_choice, unknown_key
 from ewcexp.config import ConfigError, check_config
-from tests.conftest import REPO, compose_config, run_cli
+from tests.conftest import REPO, TINY, compose_config, run_cli
 
 CONF = REPO / "conf"
 GROUPS = ["task_sequence", "model", "strategy", "fisher", "optimizer", "device"]
@@ -63,7 +63,25 @@ def test_experiment_presets_set_the_papers_setup(name):
     assert cfg.task_sequence.get("pad_to") == padding
     assert cfg.task_sequence.get("class_order") == order
     assert cfg.strategy._target_.rsplit(".", 1)[-1] == strategy
+    if strategy == "OnlineEWC":
+        assert cfg.strategy.gamma == 1.0  # the blog's γ: online_ewc's default
     assert cfg.task_sequence.active_classes == ("all" if name == "split_mnist_class" else "seen")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_a_preset_takes_any_strategy_and_the_mnist_ones_any_small_model(name):
+    """A preset sets no key that only its own strategy or model takes, so `strategy=finetune`
+    (the "no penalty" rows of docs/results.md) and `model=cnn` compose with it; a model whose
+    keys it does set gets one line saying how to drop them."""
+    for strategy in sorted(p.stem for p in (CONF / "strategy").glob("*.yaml")):
+        check_config(compose_config(f"experiment={name}", f"strategy={strategy}"))
+    models = ["cnn", "mlp"] if "cifar" not in name else ["resnet18"]
+    if name == "permuted_mnist_domain":  # its MLP is 2×1000: hidden_sizes is set
+        with pytest.raises(ConfigError, match="model.hidden_sizes=.* is not allowed"):
+            check_config(compose_config(f"experiment={name}", "model=cnn"))
+        models = ["mlp"]
+    for model in models:
+        check_config(compose_config(f"experiment={name}", f"model={model}"))
 
 
 SOURCE_CHOICES = {  # optimizer.reset_per_task, task_sequence.pad_to, class_order, strategy
@@ -248,6 +266,35 @@ def test_cli_bad_input_is_one_line_no_traceback_no_results(override, tmp_path: P
     assert "Traceback" not in done.stdout + done.stderr
     assert not list(tmp_path.rglob("results.json"))
     assert "task 1/" not in done.stdout + done.stderr  # no training started
+
+
+@pytest.mark.slow
+def test_every_job_is_checked_before_hydra_writes_or_starts_anything(tmp_path, data_root):
+    """A sweep with one bad value starts no job; a refused run leaves an earlier run's
+    `.hydra/` in its directory as it was (a bad value, or a config its checkpoint was not
+    written with); a sweep without -m is one line."""
+    (tmp_path / "sweep").mkdir()
+    swept = run_cli("-m", "lambda=1,-5", *TINY, cwd=tmp_path / "sweep", data_root=data_root)
+    assert swept.returncode != 0
+    assert swept.stderr.strip() == "error: lambda=-5 is not allowed: expected a number >= 0"
+    assert not (tmp_path / "sweep" / "multirun").exists()  # not even job 0's folder
+
+    first = run_cli(*TINY, "train.iterations=2", cwd=tmp_path, data_root=data_root)
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = {f: f.read_bytes() for f in (tmp_path / "run" / ".hydra").iterdir()}
+    for override, message in (
+        ("lambda=-1", "error: lambda=-1 is not allowed"),
+        ("lambda=5", "was written with lambda=400, this run has lambda=5"),
+    ):
+        refused = run_cli(*TINY, "train.iterations=2", override, cwd=tmp_path, data_root=data_root)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert {f: f.read_bytes() for f in (tmp_path / "run" / ".hydra").iterdir()} == saved
+
+    single = run_cli("lambda=1,5", cwd=tmp_path / "sweep")
+    assert single.stderr.strip() == (
+        "error: lambda=1,5 is not allowed: a sweep of values needs -m (a job each)"
+    )
 
 
 @pytest.mark.parametrize("estimator", ["exact", "sample", "empirical", "batched"])

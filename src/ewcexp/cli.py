@@ -1,11 +1,14 @@
-"""Command-line checks that must answer at once, before torch (seconds to import) is loaded."""
+"""Command-line checks, run before Hydra creates a directory or starts a job: first those that
+must answer at once, before torch (seconds to import) is loaded, then every job's config."""
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 SIMPLE = re.compile(r"([A-Za-z_]\w*)=([\w.\-]+(?:,[\w.\-]+)*)")  # group=a or group=a,b
 
@@ -111,24 +114,131 @@ def unwritable_run_dir(args: Sequence[str]) -> str | None:
     default; nothing is created, the nearest folder that exists is checked. No config is
     composed (80 ms more at every start): a config file that moved the directory would go
     unseen (none does)."""
-    flags = {arg.split("=")[0] for arg in args if arg.startswith("-")}
+    flags = _flags(args)
     if flags & (PRINT_ONLY_FLAGS | COMPLETION_FLAGS):
         return None
-    multirun = (
-        bool(flags & {"-m", "--multirun"})
-        or "hydra.mode=MULTIRUN" in args
-        # the hparams_search presets set hydra.mode=MULTIRUN
-        or any(arg.startswith("hparams_search=") and arg != "hparams_search=null" for arg in args)
-    )
+    multirun = _is_multirun(args)
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    given = [arg.split("=", 1)[1] for arg in args if arg.lstrip("+").startswith(f"{key}=")]
+    given = _given_dir(args, key)
     if not given and flags & OTHER_CONFIG_FLAGS:
         return None  # another config may set it
-    directory = _fill_in_now(given[-1] if given else HYDRA_DIRS[key])
+    directory = _fill_in_now(given or HYDRA_DIRS[key])
     if problem := _cannot_write(Path(directory)):
         kind = "sweep" if multirun else "run"
         return f"cannot write the {kind} directory {directory} ({problem}): choose another with {key}=..."
     return None
+
+
+def _flags(args: Sequence[str]) -> set[str]:
+    return {arg.split("=")[0] for arg in args if arg.startswith("-")}
+
+
+def _is_multirun(args: Sequence[str]) -> bool:
+    """`-m`, `hydra.mode=MULTIRUN`, or an `hparams_search=` preset (they set that mode)."""
+    return (
+        bool(_flags(args) & {"-m", "--multirun"})
+        or "hydra.mode=MULTIRUN" in args
+        or any(arg.startswith("hparams_search=") and arg != "hparams_search=null" for arg in args)
+    )
+
+
+def _given_dir(args: Sequence[str], key: str) -> str | None:
+    """The last `key=DIR` of the command line (`hydra.run.dir`, `hydra.sweep.dir`), or None."""
+    given = [arg.split("=", 1)[1] for arg in args if arg.lstrip("+").startswith(f"{key}=")]
+    return given[-1] if given else None
+
+
+def refused_job(args: Sequence[str], conf_dir: Path) -> str | None:
+    """The error for the first job of this command that would be refused, or None.
+
+    Each job's config is composed (every combination of a multirun's `a,b` and `range()`
+    sweeps, in Hydra's order) and checked as the job checks it (`config.check_config`), and a
+    run directory the command names that holds a checkpoint is checked against the job's
+    config: so a sweep with one bad value starts no job, and a refused run leaves no
+    `.hydra/` over an earlier run's. Sweeps Hydra cannot enumerate (`interval()` for Optuna,
+    `glob()`) are left out here; each job still checks its own config when it starts."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    flags = _flags(args)
+    if flags & (PRINT_ONLY_FLAGS | COMPLETION_FLAGS) or flags & {
+        "-cp",
+        "--config-path",
+        "-cn",
+        "--config-name",
+    }:
+        return None
+    searched = [f"file://{d.resolve()}" for d in added_config_dirs(args)]
+    given = [a for a in args if not a.startswith("-") and a not in _flag_values(args)]
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [a for a in given if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+        )
+    except HydraException:
+        return None  # Hydra's own message says what is wrong with the syntax
+    multirun = _is_multirun(args)
+    choices: list[list[str]] = []
+    for override in parsed:
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+        elif not multirun:
+            return f"{override.input_line} is not allowed: a sweep of values needs -m (a job each)"
+        else:
+            try:
+                key = override.get_key_element()
+                choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+            except HydraException:
+                continue  # not enumerable here: the job checks the value it is given
+    sweep_dir = _given_dir(args, "hydra.sweep.dir")
+    run_dir = _given_dir(args, "hydra.run.dir")
+    with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
+        for number, job in enumerate(itertools.product(*choices)):
+            extra = [f"hydra.searchpath=[{','.join(searched)}]"] if searched else []
+            try:
+                cfg = compose(config_name="config", overrides=[*job, *extra])
+            except HydraException:
+                return None  # Hydra reports it when it composes the job
+            directory = _fill_in_now(sweep_dir) + f"/{number}" if multirun and sweep_dir else None
+            directory = directory or (None if multirun or not run_dir else _fill_in_now(run_dir))
+            if problem := _job_problem(cfg, directory, job):
+                return problem
+    return None
+
+
+def _flag_values(args: Sequence[str]) -> set[str]:
+    """The arguments that are a flag's value (`-cd DIR`), not overrides."""
+    return {
+        value for flag, value in zip(args, args[1:], strict=False) if flag in OTHER_CONFIG_FLAGS
+    }
+
+
+def _job_problem(cfg: Any, directory: str | None, job: Sequence[str]) -> str | None:
+    """Why one composed job would be refused: a value, or its directory's checkpoint."""
+    from omegaconf import OmegaConf
+
+    from ewcexp import checkpoint
+    from ewcexp.config import ConfigError, check_config
+
+    try:
+        check_config(cfg)
+        if directory and cfg.resume:
+            checkpoint.load(Path(directory), OmegaConf.to_container(cfg, resolve=True))
+    except ConfigError as error:
+        return str(error) + _preset_hint(str(error), job)
+    except checkpoint.CheckpointMismatch as error:
+        return str(error)
+    return None
+
+
+def _preset_hint(message: str, job: Sequence[str]) -> str:
+    """For a key no option takes, set by an `experiment=` preset for the option it picks
+    (`model.hidden_sizes` with `model=cnn`): how to drop it."""
+    presets = [o for o in job if o.startswith("experiment=")]
+    if not presets or ": there is no such key" not in message:
+        return ""
+    key = message.split("=", 1)[0]
+    return f"; {presets[-1]} sets it for the option it picks: drop it with ~{key}"
 
 
 def _fill_in_now(value: str) -> str:
