@@ -136,7 +136,7 @@ BAD = {
     "strategy.gamma=1.5": "strategy.gamma=1.5 is not allowed: expected a number in (0, 1]",
     "fisher.estimator=foo": "fisher.estimator=foo is not allowed: expected one of exact, sample",
     "fisher.num_samples=0": "fisher.num_samples=0 is not allowed: expected -1 (all) or an integer",
-    "task_sequence.num_tasks=0": "task_sequence.num_tasks=0 is not allowed: expected an integer >= 1",
+    "task_sequence.num_tasks=0": "task_sequence.num_tasks=0 is not allowed: expected an integer in [1, 1000]",
     "optimizer.lr=0": "optimizer.lr=0 is not allowed: expected a number > 0",
     "train.iterations=-5": "train.iterations=-5 is not allowed: expected null or an integer >= 1",
     "task_sequence.scenario=tasks": "task_sequence.scenario=tasks is not allowed: expected one of",

@@ -229,6 +229,13 @@ def test_a_run_directory_under_a_file_is_one_line(tmp_path):
     assert not (tmp_path / "a-file").is_dir()
 
 
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="no sysfs on this machine")
+def test_a_file_system_that_takes_no_folder_is_refused_for_root_too():
+    """As root, os.access says yes everywhere: /sys is tried with a folder made and removed."""
+    problem = unwritable_run_dir(["hydra.run.dir=/sys/ewcexp-run"])
+    assert problem is not None and problem.startswith("cannot write the run directory /sys/")
+
+
 def test_writable_run_directories_and_no_run_flags_pass(tmp_path, monkeypatch):
     (tmp_path / "a-file").write_text("")
     monkeypatch.chdir(tmp_path)

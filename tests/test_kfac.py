@@ -321,7 +321,7 @@ def test_exact_merging_refuses_kronecker_blocks_in_one_line_before_anything_load
             check_config(cfg)
             continue
         with pytest.raises(
-            ConfigError, match=r"^strategy: this strategy is not allowed with fisher.structure=kfac"
+            ConfigError, match=r"^fisher.structure=kfac is not allowed with strategy=ewc_sum: "
         ):
             check_config(cfg)
     check_config(compose_config("strategy=ewc", "fisher.structure=kfac"))
@@ -329,6 +329,36 @@ def test_exact_merging_refuses_kronecker_blocks_in_one_line_before_anything_load
         ConfigError, match=r"^fisher.structure=kfac is not allowed with fisher.estimator=batched"
     ):
         check_config(compose_config("strategy=ewc", "fisher.structure=kfac", "fisher=batched"))
+
+
+def test_fisher_settings_a_run_does_not_use_are_warned_about_not_refused(
+    tmp_path, data_root, caplog
+):
+    """A sweep shares them across strategies (`-m strategy=finetune,si,ewc
+    fisher.structure=kfac`), so they are no error; but the run's log says they change nothing."""
+    import logging
+
+    from ewcexp.config import check_config
+    from ewcexp.runner import prepare, settings_without_effect
+    from tests.conftest import TINY, compose_config
+
+    assert settings_without_effect(compose_config("strategy=si", "fisher.structure=kfac")) == [
+        "fisher.structure=kfac has no effect with strategy=si: it does not consolidate with "
+        "the fisher section's Fisher"
+    ]
+    assert settings_without_effect(compose_config("fisher.damping=0.5")) == [
+        "fisher.damping=0.5 has no effect with fisher.structure=diagonal: it damps the "
+        "Kronecker factors only"
+    ]
+    for used in (["strategy=online_ewc"], ["strategy=ewc", "fisher=sample"]):
+        cfg = compose_config(*used, "fisher.structure=kfac", "fisher.damping=0.5")
+        check_config(cfg)
+        assert settings_without_effect(cfg) == []
+    cfg = compose_config(*TINY, f"data.root={data_root}", "strategy=mas", "fisher.structure=kfac")
+    check_config(cfg)
+    with caplog.at_level(logging.WARNING):
+        prepare(cfg, {}, tmp_path)
+    assert "fisher.structure=kfac has no effect with strategy=mas" in caplog.text
 
 
 @pytest.mark.slow

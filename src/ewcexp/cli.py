@@ -111,7 +111,7 @@ def unwritable_run_dir(args: Sequence[str]) -> str | None:
     Hydra creates it and writes `.hydra/` there before our code runs, and reports a failure
     as a traceback. The directory is the command line's `hydra.run.dir` (`hydra.sweep.dir` for
     a multirun: `-m`, `hydra.mode=MULTIRUN` or an `hparams_search=` preset), else Hydra's
-    default; nothing is created, the nearest folder that exists is checked. No config is
+    default; the nearest folder that exists is checked (nothing is left in it). No config is
     composed (80 ms more at every start): a config file that moved the directory would go
     unseen (none does)."""
     flags = _flags(args)
@@ -257,16 +257,22 @@ def _fill_in_now(value: str) -> str:
 
 def _cannot_write(directory: Path) -> str | None:
     """Why `directory` could not be created and written in, or None; the nearest of it and its
-    parents that exists decides (a file there, a read-only file system, no permission)."""
+    parents that exists decides (a file there, a read-only file system, no permission, a
+    file system such as /sys that takes no folder: a folder made there and removed tells)."""
     import os
+    import tempfile
 
     existing = directory
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         return f"{existing} is a file, not a folder"
-    if os.access(existing, os.W_OK | os.X_OK):
-        return None
     if os.statvfs(existing).f_flag & os.ST_RDONLY:
         return f"{existing} is on a read-only file system"
-    return f"no permission to write in {existing}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    try:  # root passes os.access everywhere; /proc and /sys still refuse a new folder
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        return f"{existing} takes no new folder: {error.strerror}"
+    return None

@@ -25,14 +25,24 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ewcexp.data_files import damaged_files, is_cifar
-from ewcexp.schema import NonNegativeInt
+from ewcexp.schema import NonNegativeInt, Rule
+
+# where the datasets live: a folder, or a path a download may create
+DataRoot = Annotated[
+    str,
+    Rule(
+        lambda v: isinstance(v, str) and (not (p := Path(v).expanduser()).exists() or p.is_dir()),
+        "a folder (or a path not created yet), not a file",
+        "/dev/null",
+    ),
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +90,7 @@ def default_root() -> Path:
 
 def load_images(
     name: DatasetName,
-    root: str,
+    root: DataRoot,
     download: bool = True,
     allow_fallback: bool = True,
     validation_size: NonNegativeInt = 0,

@@ -8,17 +8,30 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ewcexp.schema import Rule
 
 log = logging.getLogger(__name__)
 
 EPS = 1e-12  # histograms are of log10(|importance| + eps): exact zeros land at -12
 HISTOGRAM_BINS = 64  # wandb.Histogram accepts at most 512
 SMALL = 1e-8  # an importance below this leaves a parameter, in effect, unprotected
+# W&B refuses a project name with any of these, or longer than 128 characters, when it starts
+# (a warning, and the run goes on without a logger): refused before anything runs instead
+PROJECT_FORBIDDEN = "/\\#?%:"
+ProjectName = Annotated[
+    str,
+    Rule(
+        lambda v: isinstance(v, str) and 0 < len(v) <= 128 and not set(v) & set(PROJECT_FORBIDDEN),
+        f"a W&B project name: 1 to 128 characters, none of {' '.join(PROJECT_FORBIDDEN)}",
+        "my/project",
+    ),
+]
 
 
 class NoLogger:
@@ -84,7 +97,7 @@ class WandbLogger(NoLogger):
     def __init__(
         self,
         mode: Literal["online", "offline", "disabled"] = "offline",
-        project: str = "ewcexp",
+        project: ProjectName = "ewcexp",
         entity: str | None = None,
         group: str | None = None,
         tags: list[str] | None = None,

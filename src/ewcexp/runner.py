@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ewcexp import checkpoint
-from ewcexp.config import ConfigError
+from ewcexp.config import ConfigError, declared_keys
 from ewcexp.diagnostics import estimator_diagnostics
 from ewcexp.evaluation import accuracy
 from ewcexp.fisher import ESTIMATORS, Fisher, estimate_fisher
@@ -55,6 +55,30 @@ TOP_LEVEL_KEYS: dict[str, Any] = {
     "resume": bool,  # continue from <run dir>/checkpoint.pt if an earlier run there stopped
     "lambda": NonNegativeFloat,  # λ of every penalty strategy (their `strength: ${lambda}`)
 }
+
+
+def settings_without_effect(cfg: DictConfig) -> list[str]:
+    """Settings this run will not use, to warn about rather than refuse (a sweep such as
+    `-m strategy=finetune,si,ewc fisher.structure=kfac` shares them across strategies): the
+    fisher section's structure with a strategy that never consolidates with its Fisher, and
+    damping, which only the Kronecker factors take."""
+    unused = []
+    importance = cfg.strategy.get("importance")
+    uses_fisher = isinstance(importance, DictConfig) and importance.get("_target_") == (
+        cfg.fisher._target_
+    )
+    if cfg.fisher.get("structure", "diagonal") != "diagonal" and not uses_fisher:
+        strategy = getattr(declared_keys(cfg.strategy._target_)[0], "name", cfg.strategy._target_)
+        unused.append(
+            f"fisher.structure={cfg.fisher.structure} has no effect with strategy={strategy}: "
+            "it does not consolidate with the fisher section's Fisher"
+        )
+    if cfg.fisher.get("damping") and cfg.fisher.get("structure", "diagonal") == "diagonal":
+        unused.append(
+            f"fisher.damping={cfg.fisher.damping:g} has no effect with "
+            "fisher.structure=diagonal: it damps the Kronecker factors only"
+        )
+    return unused
 
 
 @dataclass
@@ -117,6 +141,8 @@ def prepare(
     """The components `cfg` names, and the loop's state: fresh, or restored from the run
     directory's checkpoint written with the same `config` (with the logger's run id)."""
     started = time.perf_counter()
+    for warning in settings_without_effect(cfg):
+        log.warning(warning)
     torch.manual_seed(stream_seed(cfg.seed, "weights"))  # the model's initial weights
     device = instantiate(cfg.device).resolve()
     sequence: TaskSequence = instantiate(

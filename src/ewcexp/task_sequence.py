@@ -25,6 +25,8 @@ from ewcexp.seeding import generator
 ScenarioKind = Literal["task", "domain", "class"]
 AngleSpacing = Literal["even", "random"]  # RotatedSequence's `angles`
 ActiveClasses = Literal["seen", "all"]
+# every task is evaluated after every task: T² evaluations, a T × T accuracy matrix
+TaskCount = Annotated[int, Range(ge=1, le=1000)]
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class TaskSequence:
         self,
         dataset: DatasetName,
         images: ImageData,
-        num_tasks: PositiveInt,
+        num_tasks: TaskCount,
         scenario: ScenarioKind,
         seed: NonNegativeInt,
         pad_to: PositiveInt | None = None,
@@ -191,7 +193,7 @@ class PermutedSequence(TaskSequence):
         self,
         dataset: DatasetName,
         images: ImageData,
-        num_tasks: PositiveInt,
+        num_tasks: TaskCount,
         scenario: ScenarioKind,
         seed: NonNegativeInt,
         pad_to: PositiveInt | None = None,
@@ -232,7 +234,7 @@ class RotatedSequence(TaskSequence):
         self,
         dataset: DatasetName,
         images: ImageData,
-        num_tasks: PositiveInt,
+        num_tasks: TaskCount,
         scenario: ScenarioKind,
         seed: NonNegativeInt,
         max_angle: Annotated[float, Range(gt=0, le=360, unit="degrees")] = 180.0,
@@ -272,7 +274,7 @@ class SplitSequence(TaskSequence):
         self,
         dataset: DatasetName,
         images: ImageData,
-        num_tasks: PositiveInt,
+        num_tasks: TaskCount,
         scenario: ScenarioKind,
         seed: NonNegativeInt,
         classes_per_task: PositiveInt = 2,

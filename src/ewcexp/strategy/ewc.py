@@ -19,7 +19,7 @@ def diagonal_only(path: str, importance: dict | None = None, **_: object) -> str
     (checked with the config, before anything loads)."""
     if importance and importance.get("structure") == "kfac":
         return (
-            f"{path}: this strategy is not allowed with fisher.structure=kfac: it merges the "
+            f"fisher.structure=kfac is not allowed with {path}=ewc_sum: it merges the "
             "tasks' terms into one exactly, and a sum of Kronecker products is not one; use "
             "strategy=ewc (one term per task, exact) or strategy=online_ewc (one merged term)"
         )
