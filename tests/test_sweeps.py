@@ -108,9 +108,9 @@ def test_multirun_lambda_sweep_and_its_report(tmp_path, data_root, capsys):
     assert [row[:4] for row in rows] == [
         ["ewc", "1", "exact", "1"],
         ["ewc", "100", "exact", "1"],
-        ["finetune", "-", "-", "2"],
+        ["finetune", "-", "-", "1"],  # run once per λ, the same seed: one run, not two
     ]
-    assert "one seed: no interval" in printed[1]  # not ±0
+    assert "one seed: no interval" in printed[1] and "one seed: no interval" in printed[3]
     ewc_1 = json.loads(
         next(
             p
@@ -189,6 +189,19 @@ def test_report_never_pools_runs_that_differ_in_more_than_the_seed(tmp_path, cap
     assert (pair["setting"], pair["difference"]) == ("optimizer.lr=0.01", pytest.approx(0.11))
     assert report.main([str(tmp_path)]) == 0
     assert capsys.readouterr().out.splitlines()[0].split()[3] == "setting"
+
+
+def test_report_counts_a_seed_once_where_a_lambda_sweep_repeats_finetune(tmp_path):
+    """`-m strategy=ewc,finetune lambda=1,10` runs finetune (no λ) twice per seed: one run
+    per seed in its row, not a repeat that would shrink the interval to nothing."""
+    for seed in range(2):
+        for strength in (1, 10):
+            write_run(
+                tmp_path / f"ft{seed}-{strength}", "finetune", strength, seed, 0.6 + seed / 10
+            )
+    (row,) = report.collect(tmp_path)[0]
+    assert (row["runs"], row["by_seed"]) == (2, {0: 0.6, 1: 0.7})
+    assert row["se"] == pytest.approx(0.05)
 
 
 def test_report_refuses_a_folder_without_runs(tmp_path, capsys):
