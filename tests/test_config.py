@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from ewcexp.cli import unknown_group_choice, unknown_key
 from ewcexp.config import ConfigError, check_config
@@ -266,6 +267,34 @@ def test_cli_bad_input_is_one_line_no_traceback_no_results(override, tmp_path: P
     assert "Traceback" not in done.stdout + done.stderr
     assert not list(tmp_path.rglob("results.json"))
     assert "task 1/" not in done.stdout + done.stderr  # no training started
+
+
+def test_the_job_folders_checked_up_front_are_those_hydra_will_use(tmp_path):
+    """Job n of a basic sweep is <sweep dir>/n, in Hydra's order (a repeated key: its last
+    values, one place); an Optuna search's jobs and folders only Hydra can name are left to
+    the jobs; an interpolation only a running job resolves is no refusal."""
+    import json
+
+    from ewcexp import checkpoint
+    from ewcexp.cli import refused_job
+
+    sweep = tmp_path / "sweep"
+    config = OmegaConf.to_container(compose_config("lambda=37.5"), resolve=True)
+    checkpoint.save(sweep / "0", {"config": json.dumps(config)})
+    at = f"hydra.sweep.dir={sweep}"
+    assert refused_job(["-m", "lambda=37.5,1", at], CONF) is None  # job 1: a new folder
+    assert "was written with lambda=37.5, this run has lambda=1:" in refused_job(
+        ["-m", "lambda=1,37.5", at], CONF
+    )
+    assert refused_job(["-m", "lambda=1,2", "lambda=37.5,3", at], CONF) is None
+    assert refused_job(["hparams_search=lambda_optuna", at], CONF) is None
+    assert refused_job(["-m", "lambda=1", "hydra.sweep.dir=${oc.env:HOME}/x"], CONF) is None
+    assert refused_job(["data.root=${hydra:runtime.cwd}/data"], CONF) is None
+    assert refused_job(["hparams_search=lambda_optuna", "lambda=-2"], CONF).startswith(
+        "lambda=-2 is not allowed"
+    )
+    typed = refused_job(["experiment=split_mnist_task", "+model.width=3"], CONF)
+    assert typed.startswith("model.width=3 is not allowed") and "drop it" not in typed
 
 
 @pytest.mark.slow

@@ -151,59 +151,79 @@ def _given_dir(args: Sequence[str], key: str) -> str | None:
 def refused_job(args: Sequence[str], conf_dir: Path) -> str | None:
     """The error for the first job of this command that would be refused, or None.
 
-    Each job's config is composed (every combination of a multirun's `a,b` and `range()`
-    sweeps, in Hydra's order) and checked as the job checks it (`config.check_config`), and a
-    run directory the command names that holds a checkpoint is checked against the job's
-    config: so a sweep with one bad value starts no job, and a refused run leaves no
-    `.hydra/` over an earlier run's. Sweeps Hydra cannot enumerate (`interval()` for Optuna,
-    `glob()`) are left out here; each job still checks its own config when it starts."""
+    Each job's config is composed (a multirun's jobs as Hydra's basic sweeper makes them) and
+    checked as the job checks it (`config.check_config`); where the command names a run or
+    sweep directory plainly, a checkpoint in a job's folder is checked against its config. So
+    a sweep with one bad value starts no job, and a refused run leaves no `.hydra/` over an
+    earlier run's. An Optuna search (`hparams_search=`) picks its jobs' values itself: the
+    command's values are checked, one by one, but no job folder. Whatever Hydra reports
+    itself (a syntax error, `glob()`, an interpolation only a running job resolves) is left
+    to it, and each job still checks its own config when it starts."""
     from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     flags = _flags(args)
-    if flags & (PRINT_ONLY_FLAGS | COMPLETION_FLAGS) or flags & {
-        "-cp",
-        "--config-path",
-        "-cn",
-        "--config-name",
-    }:
+    if flags & (
+        PRINT_ONLY_FLAGS | COMPLETION_FLAGS | {"-cp", "--config-path", "-cn", "--config-name"}
+    ):
         return None
-    searched = [f"file://{d.resolve()}" for d in added_config_dirs(args)]
     given = [a for a in args if not a.startswith("-") and a not in _flag_values(args)]
+    ours = [a for a in given if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    searched = [f"file://{d.resolve()}" for d in added_config_dirs(args)]
+    extra = [f"hydra.searchpath=[{','.join(searched)}]"] if searched else []
+    searching = any(  # a sweeper other than the basic one draws the values
+        a.startswith(("hparams_search=", "hydra/sweeper=")) and not a.endswith("=null")
+        for a in given
+    )
     try:
-        parsed = OverridesParser.create().parse_overrides(
-            [a for a in given if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
-        )
-    except HydraException:
-        return None  # Hydra's own message says what is wrong with the syntax
-    multirun = _is_multirun(args)
-    choices: list[list[str]] = []
-    for override in parsed:
-        if not override.is_sweep_override():
-            choices.append([override.input_line])
-        elif not multirun:
-            return f"{override.input_line} is not allowed: a sweep of values needs -m (a job each)"
+        parsed = OverridesParser.create().parse_overrides(ours)
+        if not _is_multirun(args):
+            if sweep := next((o for o in parsed if o.is_sweep_override()), None):
+                return f"{sweep.input_line} is not allowed: a sweep of values needs -m (a job each)"
+            jobs = [ours]
+        elif searching:
+            jobs = [
+                [o.input_line] if not o.is_sweep_override() else list(_values(o))
+                for o in parsed
+                if not o.is_sweep_override() or o.is_discrete_sweep()
+            ]
+            jobs = [list(job) for job in itertools.product(*jobs)]
         else:
-            try:
-                key = override.get_key_element()
-                choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
-            except HydraException:
-                continue  # not enumerable here: the job checks the value it is given
-    sweep_dir = _given_dir(args, "hydra.sweep.dir")
-    run_dir = _given_dir(args, "hydra.run.dir")
+            (jobs,) = BasicSweeper.split_arguments(parsed, None)
+    except HydraException:
+        return None  # Hydra's own message says what is wrong
     with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
-        for number, job in enumerate(itertools.product(*choices)):
-            extra = [f"hydra.searchpath=[{','.join(searched)}]"] if searched else []
+        for number, job in enumerate(jobs):
             try:
                 cfg = compose(config_name="config", overrides=[*job, *extra])
             except HydraException:
                 return None  # Hydra reports it when it composes the job
-            directory = _fill_in_now(sweep_dir) + f"/{number}" if multirun and sweep_dir else None
-            directory = directory or (None if multirun or not run_dir else _fill_in_now(run_dir))
-            if problem := _job_problem(cfg, directory, job):
+            folder = None if searching else _job_folder(args, number)
+            if problem := _job_problem(cfg, folder, job, ours):
                 return problem
     return None
+
+
+def _values(override: Any) -> list[str]:
+    key = override.get_key_element()
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+def _job_folder(args: Sequence[str], number: int) -> Path | None:
+    """Job `number`'s folder where the command names it plainly (no interpolation but
+    `${now:}`, Hydra's own sweep subfolder), else None: a new folder, or one only Hydra can
+    name."""
+    if _is_multirun(args):
+        sweep = _given_dir(args, "hydra.sweep.dir")
+        if sweep is None or _given_dir(args, "hydra.sweep.subdir") is not None:
+            return None
+        folder = _fill_in_now(sweep, plain=True)
+        return None if folder is None else Path(folder) / str(number)
+    run = _given_dir(args, "hydra.run.dir")
+    folder = None if run is None else _fill_in_now(run, plain=True)
+    return None if folder is None else Path(folder)
 
 
 def _flag_values(args: Sequence[str]) -> set[str]:
@@ -213,37 +233,44 @@ def _flag_values(args: Sequence[str]) -> set[str]:
     }
 
 
-def _job_problem(cfg: Any, directory: str | None, job: Sequence[str]) -> str | None:
-    """Why one composed job would be refused: a value, or its directory's checkpoint."""
+def _job_problem(
+    cfg: Any, folder: Path | None, job: Sequence[str], typed: Sequence[str]
+) -> str | None:
+    """Why one composed job would be refused: a value, or its folder's checkpoint."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from ewcexp import checkpoint
     from ewcexp.config import ConfigError, check_config
 
     try:
         check_config(cfg)
-        if directory and cfg.resume:
-            checkpoint.load(Path(directory), OmegaConf.to_container(cfg, resolve=True))
+        if folder and cfg.resume:
+            checkpoint.load(folder, OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as error:
-        return str(error) + _preset_hint(str(error), job)
+        return str(error) + _preset_hint(str(error), job, typed)
     except checkpoint.CheckpointMismatch as error:
         return str(error)
+    except OmegaConfBaseException:
+        return None  # e.g. ${hydra:...}, which only a running job resolves: the job says
     return None
 
 
-def _preset_hint(message: str, job: Sequence[str]) -> str:
+def _preset_hint(message: str, job: Sequence[str], typed: Sequence[str]) -> str:
     """For a key no option takes, set by an `experiment=` preset for the option it picks
-    (`model.hidden_sizes` with `model=cnn`): how to drop it."""
+    (`model.hidden_sizes` with `model=cnn`), not on the command line: how to drop it."""
     presets = [o for o in job if o.startswith("experiment=")]
     if not presets or ": there is no such key" not in message:
         return ""
     key = message.split("=", 1)[0]
+    if any(o.lstrip("+").startswith(f"{key}=") for o in typed):
+        return ""
     return f"; {presets[-1]} sets it for the option it picks: drop it with ~{key}"
 
 
-def _fill_in_now(value: str) -> str:
+def _fill_in_now(value: str, plain: bool = False) -> str | None:
     """`value` unquoted, with `${now:FORMAT}` filled in as Hydra's resolver does; anything after
-    another interpolation dropped (its folder is checked instead)."""
+    another interpolation dropped (its folder is checked instead), or, with `plain`, None."""
     from datetime import datetime
 
     if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
@@ -251,6 +278,8 @@ def _fill_in_now(value: str) -> str:
     value = re.sub(r"\$\{now:([^}]*)\}", lambda match: datetime.now().strftime(match[1]), value)
     if "${" not in value:
         return value
+    if plain:
+        return None
     prefix = value.split("${")[0]
     return prefix.rpartition("/")[0] or ("/" if prefix.startswith("/") else ".")
 

@@ -34,14 +34,22 @@ from torch import Tensor
 from ewcexp.data_files import damaged_files, is_cifar
 from ewcexp.schema import NonNegativeInt, Rule
 
+
+def _not_a_file(value: object) -> bool:
+    """A folder, or a path not created yet; a path the check cannot look at (a folder without
+    permission, `~nobody`) passes here and is reported where the data is read."""
+    if not isinstance(value, str):
+        return False
+    try:
+        path = Path(value).expanduser()
+        return not path.exists() or path.is_dir()
+    except (OSError, RuntimeError):
+        return True
+
+
 # where the datasets live: a folder, or a path a download may create
 DataRoot = Annotated[
-    str,
-    Rule(
-        lambda v: isinstance(v, str) and (not (p := Path(v).expanduser()).exists() or p.is_dir()),
-        "a folder (or a path not created yet), not a file",
-        "/dev/null",
-    ),
+    str, Rule(_not_a_file, "a folder (or a path not created yet), not a file", "/dev/null")
 ]
 
 log = logging.getLogger(__name__)

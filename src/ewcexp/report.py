@@ -108,8 +108,8 @@ def settings(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """One row per (strategy, λ, Fisher estimator, setting): the runs (seeds) found, one per
-    seed (the first found of runs repeated with a λ they ignore), the mean
+    """One row per (strategy, λ, Fisher estimator, setting): the runs (seeds) found (a
+    strategy without λ: the first of each seed, repeated by a λ sweep), the mean
     final average accuracy with its standard error and 95% interval, mean BWT and forgetting;
     and for the best λ of each strategy, the paired differences between strategies of the
     same setting over the seeds both ran."""
@@ -126,8 +126,8 @@ def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     for (strategy, strength, estimator, setting), grouped in sorted(
         groups.items(), key=lambda g: (g[0][0], g[0][1] or 0, g[0][2] or "", g[0][3])
     ):
-        # one run per seed: a sweep over λ runs `finetune` (no λ) once per value, alike
-        grouped = list({run["seed"]: run for run in reversed(grouped)}.values())[::-1]
+        if strength is None:  # a λ sweep runs `finetune` (no λ) once per value, alike: once
+            grouped = list({run["seed"]: run for run in reversed(grouped)}.values())[::-1]
         accuracy = interval([run["avg_acc"] for run in grouped])
         rows.append(
             {
