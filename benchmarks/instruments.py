@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_dir
 from ewcexp.config import check_config
 from ewcexp.runner import run_experiment
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "src" / "ewcexp" / "conf"
 BASE = [
     "task_sequence=permuted_fashion_mnist",
     "task_sequence.num_tasks=5",

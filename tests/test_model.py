@@ -15,7 +15,7 @@ from ewcexp.model import ResNet18
 from ewcexp.per_sample import plan_for as _plan
 from tests.test_fisher import brute_force_fisher
 
-CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "resnet18.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "src" / "ewcexp" / "conf" / "model" / "resnet18.yaml"
 SHAPE = (3, 12, 12)  # every stage still has a 3x3 neighbourhood: 12, 6, 3, 2 pixels
 
 

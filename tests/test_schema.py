@@ -15,7 +15,7 @@ from ewcexp.runner import TOP_LEVEL_KEYS
 from ewcexp.schema import Range, Rule, allowed
 from tests.conftest import REPO, compose_config
 
-CONF = REPO / "conf"
+CONF = REPO / "src" / "ewcexp" / "conf"
 OPTIONS = [
     f"{group.name}={option.stem}"
     for group in sorted(CONF.iterdir())

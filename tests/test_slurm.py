@@ -128,7 +128,7 @@ def test_signalled_job_is_requeued_and_resumes_to_identical_results(four_jobs, t
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     finish(launcher)
 
-    log = (job_dir / "run.log").read_text()
+    log = (job_dir / "ewcexp.log").read_text()
     assert "received SIGUSR2" in log
     assert "resuming after task" in log
     (uninterrupted,) = [  # the same job in the four-job multirun

@@ -1,1 +1,11 @@
-VERSION = "0.1.0"
+"""ewcexp: continual-learning experiments with Elastic Weight Consolidation.
+
+`ewcexp strategy=ewc lambda=400` on the command line; `ewcexp.run(["strategy=ewc"])` in Python.
+"""
+
+from importlib.metadata import version
+
+from ewcexp.api import run
+
+__version__ = version("ewcexp")
+__all__ = ["__version__", "run"]

@@ -6,30 +6,94 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SIMPLE = re.compile(r"([A-Za-z_]\w*)=([\w.\-]+(?:,[\w.\-]+)*)")  # group=a or group=a,b
+SIMPLE = re.compile(r"([A-Za-z_][\w/]*)=([\w.\-]+(?:,[\w.\-]+)*)")  # group=a or group=a,b
+# flags after which Hydra prints something and runs nothing, or loads another primary config
+PRINT_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info"}
+COMPLETION_FLAGS = {"-sc", "--shell-completion"}
+OTHER_PRIMARY_FLAGS = {"-cp", "--config-path", "-cn", "--config-name"}
+OTHER_CONFIG_FLAGS = {"-cd", "--config-dir", *OTHER_PRIMARY_FLAGS}
 
 
-def unknown_group_choice(overrides: Sequence[str], conf_dir: Path) -> str | None:
-    """The error for a `group=option` override naming an option that does not exist, or None.
+def command_line_problem(args: Sequence[str]) -> str | None:
+    """The one-line error for a command that would be refused, or None: an option or key
+    that does not exist, a run directory that cannot be written or is in use, or any job's
+    value. Options are asked of Hydra's own search path, so `hydra.searchpath=[...]`,
+    `pkg://` entries, search-path plugins and `--config-dir` add options as Hydra adds them."""
+    flags = _flags(args)
+    if flags & (PRINT_ONLY_FLAGS | COMPLETION_FLAGS | OTHER_PRIMARY_FLAGS):
+        return None  # Hydra prints and runs nothing, or another primary config is composed
+    if not all(directory.is_dir() for directory in added_config_dirs(args)):
+        return None  # Hydra says which folder is missing
+    with hydra_configs(args) as loader:
+        searchpath = [a for a in args if a.lstrip("+").startswith("hydra.searchpath=")]
+        return (
+            unknown_group_choice(args, loader, searchpath)
+            or unknown_key(args, loader, searchpath)
+            or unwritable_run_dir(args)
+            or refused_job(args, searchpath)
+        )
+
+
+@contextmanager
+def hydra_configs(args: Sequence[str]) -> Iterator[Any]:
+    """Hydra's config loader over the search path the command's jobs will have: ewcexp's
+    configs, search-path plugins, and `--config-dir` (placed as Hydra places it); the compose
+    API works inside. Yields the loader."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    search_path = create_config_search_path(CONFIG_MODULE)
+    for directory in added_config_dirs(args):
+        search_path.prepend(
+            provider="command-line",
+            path=f"file://{directory.resolve()}",
+            anchor=SearchPathQuery(provider="schema"),
+        )
+    GlobalHydra.instance().clear()
+    Hydra.create_main_hydra2(task_name="ewcexp", config_search_path=search_path)
+    try:
+        yield GlobalHydra.instance().config_loader()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+CONFIG_MODULE = "pkg://ewcexp.conf"
+
+
+def unknown_group_choice(overrides: Sequence[str], loader: Any, searchpath: list[str]) -> str | None:
+    """The error for a `group=option` override naming an option Hydra cannot find, or None.
 
     Hydra would catch it too, in a dozen lines; sweeps `group=a,b` are checked option by
-    option, anything fancier (`+group=`, `choice(...)`, `group@pkg=`) is left to Hydra.
-    Options in a config dir added with `--config-dir`/`-cd` count too."""
-    dirs = [conf_dir, *added_config_dirs(overrides)]
+    option, anything fancier (`+group=`, `choice(...)`, `group@pkg=`) is left to Hydra."""
     for override in overrides:
         match = SIMPLE.fullmatch(override)
-        if not match or not (conf_dir / match[1]).is_dir():
+        if not match or match[1] == "hydra":
             continue
-        group, choices = match[1], match[2].split(",")
-        options = sorted({path.stem for d in dirs for path in (d / group).glob("*.yaml")})
-        for choice in choices:
-            if choice not in options:
-                return f"{group}={choice} is not allowed: expected one of {', '.join(options)}"
+        options = group_options(loader, match[1], searchpath)
+        if not options:
+            continue  # not a group: a key
+        for choice in match[2].split(","):
+            if choice not in options and choice != "null":
+                return f"{match[1]}={choice} is not allowed: expected one of {', '.join(options)}"
     return None
+
+
+def group_options(loader: Any, group: str, searchpath: list[str]) -> list[str]:
+    """The options of config group `group` on the search path (none: not a group)."""
+    from hydra.core.object_type import ObjectType
+
+    return sorted(
+        loader.get_group_options(
+            group, results_filter=ObjectType.CONFIG, config_name="config", overrides=searchpath
+        )
+    )
 
 
 def added_config_dirs(overrides: Sequence[str]) -> list[Path]:
@@ -43,33 +107,29 @@ def added_config_dirs(overrides: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def unknown_key(overrides: Sequence[str], conf_dir: Path) -> str | None:
+def unknown_key(overrides: Sequence[str], loader: Any, searchpath: list[str]) -> str | None:
     """The error for a `key=value` override naming a key the config does not have, or None.
 
     Keys are looked up in the config composed with the overrides' group choices (the first of
     a sweep), so `model.hidden_sizes` is known with the MLP only. `+key=` (refused later by
-    `config.check_config`, as every undeclared key), `hydra.*` and any override Hydra's own
-    config dirs (`-cd`) could change are left to Hydra."""
-    if any(arg in ("-cd", "--config-dir") or arg.startswith("--config-dir=") for arg in overrides):
-        return None
+    `config.check_config`, as every undeclared key) and `hydra.*` are left to Hydra."""
     keys, groups = [], []
     for override in overrides:
         match = re.fullmatch(r"([A-Za-z_][\w.]*)=(.*)", override)
         if not match or match[1] == "hydra" or match[1].startswith("hydra."):
             continue
-        if (conf_dir / match[1]).is_dir():
+        if group_options(loader, match[1], searchpath):
             if simple := SIMPLE.fullmatch(override):
                 groups.append(f"{simple[1]}={simple[2].split(',')[0]}")
         else:
             keys.append((match[1], match[2]))
     if not keys:
         return None
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
     from omegaconf import OmegaConf
 
     try:
-        with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=groups)
+        cfg = compose(config_name="config", overrides=[*groups, *searchpath])
     except Exception:  # noqa: BLE001 - whatever it is, Hydra will report it properly
         return None
     for key, value in keys:
@@ -79,7 +139,7 @@ def unknown_key(overrides: Sequence[str], conf_dir: Path) -> str | None:
             hint = f"did you mean {close[0]}? " if close else ""
             return (
                 f"{key}={value} is not allowed: the config has no key {key} ({hint}"
-                "`python run.py --help` lists them)"
+                "`ewcexp --help` lists them)"
             )
     return None
 
@@ -96,13 +156,9 @@ def _key_paths(node: dict, prefix: str = "") -> list[str]:
 
 # Hydra's defaults (conf/config.yaml keeps them); ${now:...} is filled in as Hydra fills it
 HYDRA_DIRS = {
-    "hydra.run.dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}",
-    "hydra.sweep.dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}",
+    "hydra.run.dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}",
+    "hydra.sweep.dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}",
 }
-# flags after which Hydra prints something and runs nothing, or loads another config
-PRINT_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info"}
-COMPLETION_FLAGS = {"-sc", "--shell-completion"}
-OTHER_CONFIG_FLAGS = {"-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name"}
 
 
 def unwritable_run_dir(args: Sequence[str]) -> str | None:
@@ -148,7 +204,7 @@ def _given_dir(args: Sequence[str], key: str) -> str | None:
     return given[-1] if given else None
 
 
-def refused_job(args: Sequence[str], conf_dir: Path) -> str | None:
+def refused_job(args: Sequence[str], searchpath: Sequence[str] = ()) -> str | None:
     """The error for the first job of this command that would be refused, or None.
 
     Each job's config is composed (a multirun's jobs as Hydra's basic sweeper makes them) and
@@ -158,21 +214,15 @@ def refused_job(args: Sequence[str], conf_dir: Path) -> str | None:
     earlier run's. An Optuna search (`hparams_search=`) picks its jobs' values itself: the
     command's values are checked, one by one, but no job folder. Whatever Hydra reports
     itself (a syntax error, `glob()`, an interpolation only a running job resolves) is left
-    to it, and each job still checks its own config when it starts."""
-    from hydra import compose, initialize_config_dir
+    to it, and each job still checks its own config when it starts. Runs inside
+    `hydra_configs`; `searchpath` is the command's own `hydra.searchpath=` override."""
+    from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    flags = _flags(args)
-    if flags & (
-        PRINT_ONLY_FLAGS | COMPLETION_FLAGS | {"-cp", "--config-path", "-cn", "--config-name"}
-    ):
-        return None
     given = [a for a in args if not a.startswith("-") and a not in _flag_values(args)]
     ours = [a for a in given if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    searched = [f"file://{d.resolve()}" for d in added_config_dirs(args)]
-    extra = [f"hydra.searchpath=[{','.join(searched)}]"] if searched else []
     searching = any(  # a sweeper other than the basic one draws the values
         a.startswith(("hparams_search=", "hydra/sweeper=")) and not a.endswith("=null")
         for a in given
@@ -194,15 +244,14 @@ def refused_job(args: Sequence[str], conf_dir: Path) -> str | None:
             (jobs,) = BasicSweeper.split_arguments(parsed, None)
     except HydraException:
         return None  # Hydra's own message says what is wrong
-    with initialize_config_dir(config_dir=str(conf_dir.resolve()), version_base="1.3"):
-        for number, job in enumerate(jobs):
-            try:
-                cfg = compose(config_name="config", overrides=[*job, *extra])
-            except HydraException:
-                return None  # Hydra reports it when it composes the job
-            folder = None if searching else _job_folder(args, number)
-            if problem := _job_problem(cfg, folder, job, ours):
-                return problem
+    for number, job in enumerate(jobs):
+        try:
+            cfg = compose(config_name="config", overrides=[*job, *searchpath])
+        except HydraException:
+            return None  # Hydra reports it when it composes the job
+        folder = None if searching else _job_folder(args, number)
+        if problem := _job_problem(cfg, folder, job, ours):
+            return problem
     return None
 
 
@@ -236,15 +285,19 @@ def _flag_values(args: Sequence[str]) -> set[str]:
 def _job_problem(
     cfg: Any, folder: Path | None, job: Sequence[str], typed: Sequence[str]
 ) -> str | None:
-    """Why one composed job would be refused: a value, or its folder's checkpoint."""
+    """Why one composed job would be refused: a value, its folder in use by a live run, or
+    its folder's checkpoint."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from ewcexp import checkpoint
     from ewcexp.config import ConfigError, check_config
+    from ewcexp.rundir import in_use
 
     try:
         check_config(cfg)
+        if folder and (user := in_use(folder)):
+            return user
         if folder and cfg.resume:
             checkpoint.load(folder, OmegaConf.to_container(cfg, resolve=True))
     except ConfigError as error:

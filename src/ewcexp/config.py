@@ -3,8 +3,9 @@
 Each key is declared once, as a typed parameter of the callable its node's `_target_` names
 (see `schema`); the top-level keys are declared in `runner.TOP_LEVEL_KEYS`. A key without a
 declaration is refused like a bad value. Each failure is one line naming the key, the value
-given and what is allowed. A component may add checks that span several of its keys (or the
-machine) as a static method `check_arguments(path, **keys)` returning the line or None.
+given and what is allowed. A component may add checks that span several of its keys (from the
+values alone) as a static method `check_arguments(path, **keys)` returning the line or None;
+what depends on the machine that trains (a GPU) is `check_machine`, asked by the job.
 """
 
 from __future__ import annotations
@@ -97,6 +98,26 @@ def check_component(path: str, node: DictConfig) -> None:
     check = getattr(built, "check_arguments", None)
     if check is not None and (message := check(path, **values)):
         raise ConfigError(message)
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """Raise ConfigError for what this machine cannot do (no GPU for `device=cuda`): asked by
+    the job where it runs, never where a multirun is submitted from. A component declares its
+    checks as a static method `check_machine(path, **keys)` returning the line or None."""
+    for key in cfg:
+        node = cfg[key]
+        target = node.get("_target_") if isinstance(node, DictConfig) else None
+        if not isinstance(target, str):
+            continue
+        check = getattr(declared_keys(target)[0], "check_machine", None)
+        if check is not None and (message := check(str(key), **_plain(node))):
+            raise ConfigError(message)
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    """A section's own keys and values, without Hydra's."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return {key: value for key, value in values.items() if key not in HYDRA_KEYS}
 
 
 def check_value(path: str, value: Any, declared: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,11 +21,13 @@ class Device:
     gpus_per_node: NonNegativeInt | None = None
 
     @staticmethod
-    def check_arguments(path: str, type: str = "cpu", **_: object) -> str | None:
+    def check_machine(path: str, type: str = "cpu", **_: object) -> str | None:
+        """Asked by the job, on the machine that trains (not where a multirun is submitted
+        from: a cluster's login node has no GPU)."""
         if type == "cuda" and not torch.cuda.is_available():
             return (
-                f"{path}=cuda is not allowed: CUDA is not available on this machine "
-                "(torch.cuda.is_available() is False); use device=cpu"
+                f"{path}=cuda is not allowed: CUDA is not available on {platform.node()} "
+                "(torch.cuda.is_available() is False); use device=cpu, or run where there is a GPU"
             )
         return None
 

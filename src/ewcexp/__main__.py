@@ -1,0 +1,5 @@
+"""`python -m ewcexp strategy=ewc lambda=400`: the same as the `ewcexp` command."""
+
+from ewcexp.app import main
+
+main()

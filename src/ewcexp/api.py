@@ -1,0 +1,48 @@
+"""The Python API, for notebooks and scripts: `ewcexp.run([...])` runs one experiment in this
+process exactly as the `ewcexp` command would (the same configs, checks and files) and
+returns its results instead of printing them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one experiment: `run(["strategy=ewc", "lambda=400"])` is `ewcexp strategy=ewc
+    lambda=400`. Returns the dict `results.json` holds (`status` "completed" or "diverged").
+
+    `output_dir` is the run directory (default: the command's, `outputs/<date>/<time>` under
+    the working directory); `hydra.searchpath=[file://DIR]` among the overrides adds your own
+    config folders. A value the command would refuse raises `ewcexp.config.ConfigError` (a
+    ValueError) with the same one line, before anything is written; a sweep (`a,b`) is one
+    `run` per value."""
+    from hydra import compose
+    from omegaconf import OmegaConf, open_dict
+
+    from ewcexp.cli import command_line_problem, hydra_configs
+    from ewcexp.config import ConfigError, check_machine
+    from ewcexp.rundir import hold
+    from ewcexp.runner import run_experiment
+
+    args = [str(override) for override in overrides]
+    if flags := [arg for arg in args if arg.startswith("-")]:
+        raise ConfigError(f"{flags[0]} is not allowed: run() takes overrides (key=value) only")
+    if output_dir is not None:
+        args.append(f"hydra.run.dir={Path(output_dir).expanduser().resolve()}")
+    if problem := command_line_problem(args):
+        raise ConfigError(problem)
+    with hydra_configs(args):
+        cfg = compose(config_name="config", overrides=args, return_hydra_config=True)
+    run_dir = Path(cfg.hydra.run.dir)
+    ours = [arg for arg in args if not arg.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    with open_dict(cfg):
+        del cfg["hydra"]
+    check_machine(cfg)
+    with hold(run_dir):
+        saved = run_dir / ".hydra"  # as a command's run keeps them: the report reads them
+        saved.mkdir(exist_ok=True)
+        OmegaConf.save(cfg, saved / "config.yaml")
+        OmegaConf.save(OmegaConf.create(ours), saved / "overrides.yaml")
+        return run_experiment(cfg, run_dir)

@@ -1,0 +1,128 @@
+"""The `ewcexp` command (also `python -m ewcexp` and the repository's `run.py`): the command
+line's checks, then Hydra's app over the configs that ship inside the package (`ewcexp/conf`).
+
+Hydra finds the configs through its search path, so a user's own folders join them the usual
+ways: `hydra.searchpath=[file://DIR]`, `pkg://package.conf`, or `--config-dir DIR`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from ewcexp.cli import command_line_problem
+
+log = logging.getLogger("ewcexp")
+
+DIVERGED_EXIT = 3  # a run that diverged: a result, not a crash, but not a success either
+CONFIG_DIR = Path(__file__).parent / "conf"
+
+
+@hydra.main(config_path="pkg://ewcexp.conf", config_name="config", version_base="1.3")
+def experiment(cfg: DictConfig) -> float:
+    """One experiment, as Hydra's job; returns the final average accuracy (the objective of
+    sweepers), NaN for a run that diverged, so a multirun goes on to its next job."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    _collect_garbage_less()
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    results = run_job(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        # a multirun's jobs share a logger group named after the sweep, each named by its overrides
+        run_group="multirun-" + "-".join(Path(hydra_cfg.sweep.dir).parts[-2:])
+        if multirun
+        else None,
+        run_name=hydra_cfg.job.override_dirname or None,
+    )
+    if results.get("status") == "diverged":
+        if not multirun:
+            sys.exit(DIVERGED_EXIT)
+        return float("nan")
+    return results["avg_acc"]
+
+
+def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
+    """Check what only the job's machine can know, hold the run directory, run; a refusal is
+    one line (`error: ...`) and exit status 1."""
+    from ewcexp.checkpoint import CheckpointMismatch
+    from ewcexp.config import ConfigError, check_config, check_machine
+    from ewcexp.data import DataUnavailable
+    from ewcexp.rundir import RunDirInUse, hold
+    from ewcexp.runner import run_experiment
+
+    try:
+        check_config(cfg)
+        check_machine(cfg)
+        with hold(output_dir):
+            return run_experiment(cfg, output_dir, **names)
+    except (ConfigError, DataUnavailable, CheckpointMismatch, RunDirInUse) as error:
+        _to_log_files(f"error: {error}")  # the job's log file, which SLURM users read
+        sys.exit(f"error: {error}")  # the terminal (SLURM: the job's .err file), once
+
+
+def _to_log_files(line: str) -> None:
+    """`line` into the log files Hydra's logging writes (`<run dir>/ewcexp.log`), not to the
+    terminal, where the same line goes plain."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _collect_garbage_less() -> None:
+    """Keep the objects that live as long as the process (torch's and the like, imported by
+    now) out of every garbage collection: the first job of a process freezes them once."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: refuse a bad command in one line before Hydra writes or starts
+    anything, then hand it to Hydra; a multirun with diverged jobs ends with their list."""
+    args = sys.argv[1:] if argv is None else argv
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    gc.disable()  # until the first job: imports create objects that live as long as the process
+    if error := command_line_problem(args):
+        sys.exit(f"error: {error}")
+    experiment()
+    if SweepOutcome.failed:
+        message, only_diverged = SweepOutcome.failed
+        print(message, file=sys.stderr)
+        sys.exit(DIVERGED_EXIT if only_diverged else 1)
+
+
+class SweepOutcome(Callback):
+    """Hydra callback, in the process that launched a multirun: once every job has ended
+    (under any launcher: it reads the sweep folder), one line for the jobs that diverged,
+    crashed or never finished, and the command's exit status says so."""
+
+    failed: tuple[str, bool] | None = None  # the line, and whether every failure diverged
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from ewcexp.report import job_statuses
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses = job_statuses(sweep_dir)
+        bad = {status: [] for status in ("diverged", "crashed", "unfinished")}
+        for job, status in sorted(statuses.items()):
+            if status in bad:
+                bad[status].append(job.name)
+        parts = [f"{len(jobs)} {status} ({', '.join(jobs)})" for status, jobs in bad.items() if jobs]
+        if parts:
+            line = (
+                f"error: of {len(statuses)} jobs in {sweep_dir}, {'; '.join(parts)}; "
+                f"the rest completed: ewcexp-report {sweep_dir}"
+            )
+            type(self).failed = (line, not bad["crashed"] and not bad["unfinished"])

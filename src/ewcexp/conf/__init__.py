@@ -1,0 +1,1 @@
+"""The configs Hydra composes (`pkg://ewcexp.conf`): config.yaml and one folder per group."""
