@@ -67,6 +67,7 @@ def commands(runs: Path, overrides: list[str]) -> dict[str, tuple[list[str], int
     """label -> (arguments after the interpreter, expected exit status); "{run}" becomes a
     new run directory each time."""
     tiny = ["run.py", *TINY, *overrides, "hydra.run.dir={run}"]
+    installed = str(Path(sys.executable).parent / "ewcexp")  # the console script, run as a file
     return {
         f'python -c "{TORCH}" (the reference)': (["-c", TORCH], 0),
         'python -c "import torch; torch.optim.Adam(...)" (imports torch._dynamo)': (
@@ -76,6 +77,10 @@ def commands(runs: Path, overrides: list[str]) -> dict[str, tuple[list[str], int
         'python -c "import hydra, omegaconf"': (["-c", "import hydra, omegaconf"], 0),
         "python run.py lamda=4 (a misspelt key: error before torch)": (["run.py", "lamda=4"], 1),
         "python run.py --help": (["run.py", "--help"], 0),
+        "ewcexp (installed command), tiny run, logger=none": (
+            [installed, *tiny[1:], "logger=none"],
+            0,
+        ),
         "tiny run, logger=none": ([*tiny, "logger=none"], 0),
         "tiny run, logger=wandb (offline)": ([*tiny, "logger=wandb"], 0),
     }
@@ -144,6 +149,30 @@ def first_imports(stderr: str) -> dict[str, tuple[float, str]]:
                         break
             found[name] = (seconds, importer)
     return found
+
+
+def sweep_check(jobs: int, repeats: int) -> tuple[float, float]:
+    """Seconds for the up-front check of a `jobs`-value λ multirun (`cli.command_line_problem`)
+    and for Hydra composing the same jobs one by one (what it does before it submits them
+    all to SLURM), medians of `repeats` interleaved pairs after one untimed pair."""
+    from hydra import compose
+
+    from ewcexp.cli import command_line_problem, hydra_configs
+
+    args = ["-m", f"lambda=range(0,{jobs})", "strategy=ewc"]
+    checks, composes = [], []
+    for round_ in range(repeats + 1):
+        start = time.perf_counter()
+        assert command_line_problem(args) is None
+        middle = time.perf_counter()
+        with hydra_configs(args):
+            for value in range(jobs):
+                compose(config_name="config", overrides=[f"lambda={value}", "strategy=ewc"])
+        end = time.perf_counter()
+        if round_:
+            checks.append(middle - start)
+            composes.append(end - middle)
+    return statistics.median(checks), statistics.median(composes)
 
 
 def seconds_or_dash(seconds: float | None) -> str:
@@ -241,6 +270,12 @@ def main() -> None:
                 for i, (name, seconds) in enumerate(parts[none])
             ],
         )
+    )
+    check, composed = sweep_check(100, max(args.repeats // 2, 1))
+    print(
+        f"\nA 100-job λ multirun: the up-front check {check:.2f} s, Hydra composing the same "
+        f"jobs {composed:.2f} s: the check adds {check / composed:.0%} (target ≤ 25 %: "
+        f"{'met' if check <= 0.25 * composed else 'not met'}).\n"
     )
     print(
         "\nFirst import of each package (python -X importtime, one run each; it adds overhead):\n"

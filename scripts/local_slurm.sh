@@ -97,8 +97,12 @@ SlurmdPidFile=$DIR/pids/slurmd.daemon
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
 MailProg=/bin/true
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+GresTypes=gpu
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
+    # one GPU in name only (/dev/null as its device): a job may ask for it as on a GPU node,
+    # and finds no CUDA there (the test of a device=cuda multirun sent from a CPU machine)
+    write_config /etc/slurm/gres.conf 644 "NodeName=$NODE Name=gpu File=/dev/null"
     # slurmd probes cgroups even when it uses none; naming v1 skips the probe
     write_config /etc/slurm/cgroup.conf 644 "CgroupPlugin=cgroup/v1"
     write_config /etc/slurm/slurmdbd.conf 600 "AuthType=auth/munge

@@ -141,3 +141,32 @@ def test_signalled_job_is_requeued_and_resumes_to_identical_results(four_jobs, t
     # the requeued job reopened the W&B run of the first attempt
     runs = sorted((job_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({run.name.rsplit("-", 1)[-1] for run in runs}) == 1
+
+
+def test_gpu_jobs_sent_from_a_machine_without_one_are_submitted_and_each_says_why(
+    tmp_path, data_root
+):
+    """`-m device=cuda` typed on a login node without a GPU: nothing refuses it up front (the
+    jobs run elsewhere); SLURM runs each job on the node with a GPU in its config, which has
+    no CUDA here, so each job says so in its log, and the launching command lists them."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the jobs would train")
+    sweep_dir = tmp_path / "multirun"
+    launcher = multirun(sweep_dir, data_root, "device=cuda", "lambda=10,100")
+    output, _ = launcher.communicate(timeout=900)
+    assert launcher.returncode == 1, output[-3000:]
+    job_ids = [p.name for p in (sweep_dir / ".submitit").iterdir() if ARRAY_TASK.fullmatch(p.name)]
+    assert len(job_ids) == 2  # both submitted, as an array
+    why = "error: device=cuda is not allowed: CUDA is not available on"
+    for job in ("0", "1"):
+        assert why in (sweep_dir / job / "ewcexp.log").read_text()
+        assert not (sweep_dir / job / "results.json").exists()
+        assert not (sweep_dir / job / "checkpoint.pt").exists()
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"error: of 2 jobs in {sweep_dir}, 2 crashed (0, 1); job 0: {why}")
+    assert "Traceback" not in output
+    # what the jobs asked SLURM for: the GPU of device=cuda
+    submitted = next((sweep_dir / ".submitit").glob("*_submission.sh")).read_text()
+    assert "#SBATCH --gpus-per-node=1" in submitted

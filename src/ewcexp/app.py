@@ -28,22 +28,32 @@ CONFIG_DIR = Path(__file__).parent / "conf"
 @hydra.main(config_path="pkg://ewcexp.conf", config_name="config", version_base="1.3")
 def experiment(cfg: DictConfig) -> float:
     """One experiment, as Hydra's job; returns the final average accuracy (the objective of
-    sweepers), NaN for a run that diverged, so a multirun goes on to its next job."""
+    sweepers). A job that is refused (no GPU on its node) or diverges says so in one line, in
+    its log file and on stderr; alone it exits non-zero, in a multirun it returns NaN so that
+    the other jobs run on, and the launching process lists it at the end (`SweepOutcome`)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     _collect_garbage_less()
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    results = run_job(
-        cfg,
-        Path(hydra_cfg.runtime.output_dir),
-        # a multirun's jobs share a logger group named after the sweep, each named by its overrides
-        run_group="multirun-" + "-".join(Path(hydra_cfg.sweep.dir).parts[-2:])
-        if multirun
-        else None,
-        run_name=hydra_cfg.job.override_dirname or None,
-    )
+    try:
+        results = run_job(
+            cfg,
+            Path(hydra_cfg.runtime.output_dir),
+            # a multirun's jobs share a logger group named after the sweep, each named by its overrides
+            run_group="multirun-" + "-".join(Path(hydra_cfg.sweep.dir).parts[-2:])
+            if multirun
+            else None,
+            run_name=hydra_cfg.job.override_dirname or None,
+        )
+    except JobRefused as error:
+        line = f"error: {error}"
+        _to_log_files(line)  # the job's log file, which SLURM users read
+        if not multirun:
+            sys.exit(line)  # the terminal, once
+        print(line, file=sys.stderr)  # SLURM: the job's .err file
+        return float("nan")
     if results.get("status") == "diverged":
         if not multirun:
             sys.exit(DIVERGED_EXIT)
@@ -51,9 +61,12 @@ def experiment(cfg: DictConfig) -> float:
     return results["avg_acc"]
 
 
+class JobRefused(Exception):
+    """A job that cannot run here: its config, its machine, its data or its folder."""
+
+
 def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
-    """Check what only the job's machine can know, hold the run directory, run; a refusal is
-    one line (`error: ...`) and exit status 1."""
+    """Check what only the job's machine can know, hold the run directory, run."""
     from ewcexp.checkpoint import CheckpointMismatch
     from ewcexp.config import ConfigError, check_config, check_machine
     from ewcexp.data import DataUnavailable
@@ -66,8 +79,7 @@ def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
         with hold(output_dir):
             return run_experiment(cfg, output_dir, **names)
     except (ConfigError, DataUnavailable, CheckpointMismatch, RunDirInUse) as error:
-        _to_log_files(f"error: {error}")  # the job's log file, which SLURM users read
-        sys.exit(f"error: {error}")  # the terminal (SLURM: the job's .err file), once
+        raise JobRefused(str(error)) from None
 
 
 def _to_log_files(line: str) -> None:
@@ -115,14 +127,34 @@ class SweepOutcome(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         statuses = job_statuses(sweep_dir)
-        bad = {status: [] for status in ("diverged", "crashed", "unfinished")}
-        for job, status in sorted(statuses.items()):
-            if status in bad:
-                bad[status].append(job.name)
-        parts = [f"{len(jobs)} {status} ({', '.join(jobs)})" for status, jobs in bad.items() if jobs]
-        if parts:
-            line = (
-                f"error: of {len(statuses)} jobs in {sweep_dir}, {'; '.join(parts)}; "
-                f"the rest completed: ewcexp-report {sweep_dir}"
-            )
-            type(self).failed = (line, not bad["crashed"] and not bad["unfinished"])
+        failed = {job: status for job, status in sorted(statuses.items()) if status != "completed"}
+        if not failed:
+            return
+        kinds = {
+            status: [job.name for job in failed if failed[job] == status]
+            for status in set(failed.values())
+        }
+        counts = "; ".join(
+            f"{len(jobs)} {status} ({', '.join(jobs)})" for status, jobs in sorted(kinds.items())
+        )
+        first = next(iter(failed))
+        why = _last_error(first)
+        line = (
+            f"error: of {len(statuses)} jobs in {sweep_dir}, {counts}"
+            + (f"; job {first.name}: {why}" if why else "")
+            + f"; the report: ewcexp-report {sweep_dir}"
+        )
+        type(self).failed = (line, set(kinds) == {"diverged"})
+
+
+def _last_error(job_dir: Path) -> str | None:
+    """The last `error: ...` or `diverged: ...` line a job wrote to its log file."""
+    log_file = job_dir / "ewcexp.log"
+    if not log_file.is_file():
+        return None
+    lines = [
+        line.split("] - ", 1)[-1]
+        for line in log_file.read_text(errors="replace").splitlines()
+        if "error: " in line or "diverged: " in line
+    ]
+    return lines[-1] if lines else None
