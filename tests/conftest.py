@@ -64,7 +64,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def compose_config(*overrides: str) -> DictConfig:
     """The config `python run.py <overrides>` would run with (Hydra's compose API)."""
-    with initialize_config_dir(config_dir=str(REPO / "src" / "ewcexp" / "conf"), version_base="1.3"):
+    with initialize_config_dir(
+        config_dir=str(REPO / "src" / "ewcexp" / "conf"), version_base="1.3"
+    ):
         return compose(config_name="config", overrides=list(overrides))
 
 

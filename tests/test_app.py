@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -68,9 +67,11 @@ def test_python_dash_m_is_the_command(tmp_path):
 def test_a_run_directory_takes_one_live_run_and_a_killed_one_leaves_no_lock(tmp_path):
     with hold(tmp_path):
         assert "is in use by a live run (process" in in_use(tmp_path)
-        with pytest.raises(RunDirInUse, match="choose another folder with hydra.run.dir"):
-            with hold(tmp_path):
-                pass
+        with (
+            pytest.raises(RunDirInUse, match="choose another folder with hydra.run.dir"),
+            hold(tmp_path),
+        ):
+            pass
     assert in_use(tmp_path) is None
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from ewcexp.cli import hydra_configs, unknown_group_choice, unknown_key
 from ewcexp.config import ConfigError, check_config, check_machine
+from ewcexp.task_sequence import build_sequence
 from tests.conftest import REPO, TINY, compose_config, run_cli
 
 CONF = REPO / "src" / "ewcexp" / "conf"
@@ -167,23 +168,24 @@ def test_bad_values_name_key_value_and_what_is_allowed(override):
     assert "\n" not in str(error.value)
 
 
-def test_split_sequence_with_more_tasks_than_classes_allow():
+def test_split_sequence_with_more_tasks_than_classes_allow(data_root):
+    """How many classes there are, the loaded data says: refused as the sequence is built."""
+    offline = [f"data.root={data_root}", "data.download=false", "task_sequence=split_mnist"]
+    cfg = compose_config(*offline, "task_sequence.num_tasks=6")
+    check_config(cfg)  # the values alone are allowed
     with pytest.raises(
         ConfigError,
-        match=r"task_sequence.num_tasks=6 is not allowed: mnist has 10 "
-        r"classes, so with classes_per_task=2 at most 5 tasks",
+        match=r"^task_sequence.num_tasks=6 is not allowed: mnist has 10 "
+        r"classes, so with classes_per_task=2 at most 5 tasks$",
     ):
-        check_config(compose_config("task_sequence=split_mnist", "task_sequence.num_tasks=6"))
-    check_config(
-        compose_config(
-            "task_sequence=split_mnist",
-            "task_sequence.num_tasks=10",
-            "task_sequence.classes_per_task=1",
-        )
-    )
+        build_sequence(cfg.task_sequence, cfg.data)
+    cfg = compose_config(*offline, "task_sequence.num_tasks=10", "task_sequence.classes_per_task=1")
+    assert len(build_sequence(cfg.task_sequence, cfg.data).tasks) == 10
 
 
 def test_class_order_must_be_a_permutation():
+    """A class twice is refused from the value alone; which classes there are, the data says
+    (tests/test_reference_options.py)."""
     with pytest.raises(ConfigError, match=r"class_order=\[0, 0, 1"):
         check_config(
             compose_config(
@@ -236,7 +238,9 @@ def test_group_options_come_from_hydras_search_path(tmp_path):
     """A user's folder added with hydra.searchpath (file:// or pkg://) or --config-dir adds
     options; without it they are refused."""
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "mynet.yaml").write_text("_target_: ewcexp.model.MLP\nhidden_sizes: [8]\n")
+    (tmp_path / "model" / "mynet.yaml").write_text(
+        "_target_: ewcexp.model.MLP\nhidden_sizes: [8]\n"
+    )
     searched = f"hydra.searchpath=[file://{tmp_path}]"
     assert group_problem(["model=mynet"]).startswith("model=mynet is not allowed")
     assert group_problem([searched, "model=mynet"]) is None

@@ -253,14 +253,8 @@ def test_split_cifar100_is_10_tasks_of_10_or_by_override_20_of_5(cifar_root):
     assert len(twenty.tasks) == 20 and twenty.scenario.active(19, seen=19) == slice(95, 100)
     train, local = twenty.tasks[3].train_set()
     assert train.shape == (50, 3, 32, 32) and sorted(set(local.tolist())) == [0, 1, 2, 3, 4]
-    with pytest.raises(ConfigError, match="at most 20 tasks"):
-        check_config(
-            compose_config(
-                "task_sequence=split_cifar100",
-                "task_sequence.num_tasks=21",
-                "task_sequence.classes_per_task=5",
-            )
-        )
+    with pytest.raises(ConfigError, match="cifar100 has 100 classes, so .* at most 20 tasks"):
+        SplitSequence("cifar100", images, 21, "task", seed=0, classes_per_task=5)
 
 
 def test_split_cifar100_class_order_deals_out_the_given_classes(cifar_root):

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ewcexp.config import ConfigError, check_config
+from ewcexp.data import ImageData, load_images
 from ewcexp.seeding import STREAMS, generator, stream_seed
+from ewcexp.task_sequence import PermutedSequence, SplitSequence, padded
 from tests.conftest import TINY, compose_config, run_cli
 from tests.test_resume import INTERRUPTIONS, killed_run, metrics
 
@@ -62,15 +64,11 @@ def test_task_ones_fisher_samples_are_not_its_first_batch(tmp_path, data_root):
 
 
 def test_pad_to_pads_before_permuting_and_the_model_follows(tmp_path, data_root):
-    from ewcexp.task_sequence import PermutedSequence, padded
-
     results = experiment(tmp_path, data_root, "task_sequence.pad_to=32")
     assert results["config"]["task_sequence"]["pad_to"] == 32
     assert "padded to 32×32" in results["data_source"]
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["model"]
     assert state["layers.0.weight"].shape[1] == 32 * 32  # the MLP's input follows
-    from ewcexp.data import load_images
-
     images = load_images("mnist", str(data_root), download=False)
     big = padded(images, 32)
     assert big.train_images.shape[1:] == (32, 32)
@@ -78,12 +76,18 @@ def test_pad_to_pads_before_permuting_and_the_model_follows(tmp_path, data_root)
     assert big.train_images[:, :2].sum() == 0 and big.train_images[:, :, 30:].sum() == 0
     sequence = PermutedSequence("mnist", images, 2, "domain", seed=0, pad_to=32)
     assert len(sequence.tasks[1].pixel_permutation) == 1024  # the border pixels move too
+    # the images' size is the data's: refused as the sequence is built, before any training
     with pytest.raises(
-        ConfigError, match=r"^task_sequence.pad_to=20 is not allowed: mnist's images are 28×28"
+        ConfigError,
+        match=r"^task_sequence.pad_to=20 is not allowed: mnist has images of 28×28; "
+        r"expected null or at least 28$",
     ):
-        check_config(compose_config("task_sequence.pad_to=20"))
-    with pytest.raises(ConfigError, match=r"^task_sequence.pad_to=30 is not allowed: cifar10"):
-        check_config(compose_config("task_sequence=split_cifar10", "task_sequence.pad_to=30"))
+        PermutedSequence("mnist", images, 2, "domain", seed=0, pad_to=20)
+    colour = ImageData(*(torch.zeros(1, 3, 32, 30, dtype=torch.uint8), torch.zeros(1)) * 2, "c")
+    with pytest.raises(
+        ConfigError, match=r"^task_sequence.pad_to=31 is not allowed: cifar10 has images of 30×32"
+    ):
+        SplitSequence("cifar10", colour, 1, "task", seed=0, classes_per_task=1, pad_to=31)
 
 
 def test_random_class_order_comes_from_the_seed_and_is_recorded(tmp_path, data_root):
@@ -102,8 +106,15 @@ def test_random_class_order_comes_from_the_seed_and_is_recorded(tmp_path, data_r
     assert natural["class_order"] == list(range(10))
     permuted = experiment(tmp_path / "permuted", data_root)
     assert permuted["class_order"] is None
-    with pytest.raises(ConfigError, match=r"expected null, random or a permutation of 0..9"):
-        check_config(compose_config("task_sequence=split_mnist", "task_sequence.class_order=[1,2]"))
+    check_config(compose_config("task_sequence=split_mnist", "task_sequence.class_order=[1,2]"))
+    with pytest.raises(
+        ConfigError,
+        match=r"^task_sequence.class_order=\[1, 2\] is not allowed: expected null, random or a "
+        r"permutation of 0..9 \(mnist has 10 classes\)$",
+    ):
+        SplitSequence(
+            "mnist", load_images("mnist", data_root, download=False), 5, "task", 0, 2, [1, 2]
+        )
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])

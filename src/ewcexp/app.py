@@ -7,8 +7,8 @@ ways: `hydra.searchpath=[file://DIR]`, `pkg://package.conf`, or `--config-dir DI
 
 from __future__ import annotations
 
+import atexit
 import gc
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from ewcexp.cli import command_line_problem
-
-log = logging.getLogger("ewcexp")
+from ewcexp.joblog import to_log_files
 
 DIVERGED_EXIT = 3  # a run that diverged: a result, not a crash, but not a success either
 CONFIG_DIR = Path(__file__).parent / "conf"
@@ -49,7 +48,7 @@ def experiment(cfg: DictConfig) -> float:
         )
     except JobRefused as error:
         line = f"error: {error}"
-        _to_log_files(line)  # the job's log file, which SLURM users read
+        to_log_files(line)  # the job's log file, which SLURM users read
         if not multirun:
             sys.exit(line)  # the terminal, once
         print(line, file=sys.stderr)  # SLURM: the job's .err file
@@ -82,20 +81,14 @@ def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
         raise JobRefused(str(error)) from None
 
 
-def _to_log_files(line: str) -> None:
-    """`line` into the log files Hydra's logging writes (`<run dir>/ewcexp.log`), not to the
-    terminal, where the same line goes plain."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
 def _collect_garbage_less() -> None:
     """Keep the objects that live as long as the process (torch's and the like, imported by
-    now) out of every garbage collection: the first job of a process freezes them once."""
+    now) out of every garbage collection: the first job of a process freezes them once, and
+    they are unfrozen at exit, so that extensions that count their objects at shutdown
+    (nanobind's, e.g. under torchvision.datasets) find them collected, not leaked."""
     if not gc.isenabled():
         gc.freeze()
+        atexit.register(gc.unfreeze)
         gc.enable()
 
 
@@ -127,7 +120,7 @@ class SweepOutcome(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         statuses = job_statuses(sweep_dir)
-        failed = {job: status for job, status in sorted(statuses.items()) if status != "completed"}
+        failed = {job: status for job, status in statuses.items() if status != "completed"}
         if not failed:
             return
         kinds = {

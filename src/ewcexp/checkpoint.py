@@ -1,7 +1,7 @@
 """Checkpoints after each completed task, so an interrupted run continues where it stopped.
 
-Written atomically (a temporary file renamed over the old one) and read with
-`torch.load(weights_only=True)`, which cannot run code.
+Written atomically (a temporary file, flushed to disk, renamed over the old one) and read
+with `torch.load(weights_only=True)`, which cannot run code.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import json
 import os
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -40,11 +41,29 @@ class CheckpointDamaged(CheckpointMismatch):
 
 
 def save(run_dir: Path, state: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / FILENAME
+    write_atomically(run_dir / FILENAME, lambda file: torch.save(state, file))
+
+
+def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """`write` into a file beside `path`, flushed to the disk, renamed over `path`, and the
+    rename flushed too: whoever reads `path` (a resumed run, the report), even after a crash
+    or a power cut, finds the old file or the new one, never part of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
+    with partial.open("wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(partial, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    except (
+        OSError
+    ):  # a file system that cannot flush a folder (some network ones): the rename stands
+        pass
+    finally:
+        os.close(folder)
 
 
 def load(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:

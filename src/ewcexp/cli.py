@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ewcexp.rundir import cannot_write
+
 SIMPLE = re.compile(r"([A-Za-z_][\w/]*)=([\w.\-]+(?:,[\w.\-]+)*)")  # group=a or group=a,b
 # flags after which Hydra prints something and runs nothing, or loads another primary config
 PRINT_ONLY_FLAGS = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info"}
@@ -182,7 +184,7 @@ def unwritable_run_dir(args: Sequence[str]) -> str | None:
     if not given and flags & OTHER_CONFIG_FLAGS:
         return None  # another config may set it
     directory = _fill_in_now(given or HYDRA_DIRS[key])
-    if problem := _cannot_write(Path(directory)):
+    if problem := cannot_write(Path(directory)):
         kind = "sweep" if multirun else "run"
         return f"cannot write the {kind} directory {directory} ({problem}): choose another with {key}=..."
     return None
@@ -372,26 +374,3 @@ def _fill_in_now(value: str, plain: bool = False) -> str | None:
         return None
     prefix = value.split("${")[0]
     return prefix.rpartition("/")[0] or ("/" if prefix.startswith("/") else ".")
-
-
-def _cannot_write(directory: Path) -> str | None:
-    """Why `directory` could not be created and written in, or None; the nearest of it and its
-    parents that exists decides (a file there, a read-only file system, no permission, a
-    file system such as /sys that takes no folder: a folder made there and removed tells)."""
-    import os
-    import tempfile
-
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is a file, not a folder"
-    if os.statvfs(existing).f_flag & os.ST_RDONLY:
-        return f"{existing} is on a read-only file system"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"no permission to write in {existing}"
-    try:  # root passes os.access everywhere; /proc and /sys still refuse a new folder
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as error:
-        return f"{existing} takes no new folder: {error.strerror}"
-    return None

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 from collections.abc import Callable
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ewcexp.schema import allowed
+from ewcexp.schema import BASIC, allowed
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
@@ -39,13 +40,42 @@ def show(value: Any) -> str:
 @functools.cache
 def declared_keys(target: str) -> tuple[Callable[..., Any], dict[str, Any]]:
     """The callable `target` names and the type hint of each of its parameters."""
-    from hydra.utils import get_object
+    from hydra._internal.utils import _locate  # get_object, without its logged copy of the error
 
-    built = get_object(target)
+    built = _locate(target)
     function = built.__init__ if inspect.isclass(built) else built
-    hints = get_type_hints(function, include_extras=True)
+    try:
+        hints = get_type_hints(function, include_extras=True)
+    except Exception:  # noqa: BLE001 - others' hints may name what only their type checker sees
+        if is_ours(built):
+            raise
+        hints = {}
     names = inspect.signature(built).parameters
     return built, {name: hints.get(name) for name in names}
+
+
+def is_ours(built: Callable[..., Any]) -> bool:
+    """Whether `built` is ewcexp's code, which declares every key it takes."""
+    return getattr(built, "__module__", "").partition(".")[0] == "ewcexp"
+
+
+def takes_any_keyword(built: Callable[..., Any]) -> bool:
+    """Whether `built` has **kwargs (torchvision's models pass them on to their class)."""
+    parameters = inspect.signature(built).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def checkable(hint: Any) -> bool:
+    """Whether `schema.allowed` judges a value against `hint` alone: plain types, Literal,
+    and unions, lists and tuples of them (not an enum or a class of others' code)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Annotated:
+        return checkable(args[0])
+    if origin is Literal:
+        return True
+    if origin in (Union, types.UnionType, list, tuple):
+        return bool(args) and all(checkable(arg) for arg in args)
+    return hint in BASIC
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -66,7 +96,10 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def check_component(path: str, node: DictConfig) -> None:
-    """Every key of a `_target_` node against the parameters of its target, nested ones too."""
+    """Every key of a `_target_` node against the parameters of its target, nested ones too.
+    A target outside ewcexp (a user's, torchvision's) may leave keys unchecked: those it takes
+    through **kwargs (it passes them on, where to only it knows) and those whose type hint is
+    missing or beyond `schema.allowed`; every other key is checked as ours are."""
     target = node.get("_target_")
     if not isinstance(target, str):
         raise ConfigError(
@@ -76,22 +109,26 @@ def check_component(path: str, node: DictConfig) -> None:
     try:
         built, parameters = declared_keys(target)
     except Exception as error:  # noqa: BLE001 - an import error, a typo: one line either way
-        raise ConfigError(f"{path}._target_={target} is not allowed: {error}") from None
+        why = " ".join(str(error).split())  # Hydra's import errors span several lines
+        raise ConfigError(f"{path}._target_={target} is not allowed: {why}") from None
+    ours = is_ours(built)
+    passed_on = not ours and takes_any_keyword(built)
     values = {}
     for key in node:
         if key in HYDRA_KEYS:
             continue
-        if key not in parameters:
+        if key not in parameters and not passed_on:
             raise undeclared(f"{path}.{key}", node[key], f"{target} takes {', '.join(parameters)}")
         if isinstance(node[key], DictConfig):  # a component: its keys seen by check_arguments
             if not OmegaConf.is_interpolation(node, key):  # else checked where it is defined
                 check_component(f"{path}.{key}", node[key])
             values[key] = OmegaConf.to_container(node[key], resolve=True)
             continue
-        declared = parameters[key]
-        if declared is None:
-            raise ConfigError(f"{path}.{key}: {target} does not declare its type")
-        check_value(f"{path}.{key}", node[key], declared)
+        declared = parameters.get(key)
+        if ours or checkable(declared):  # else theirs to check
+            if declared is None:
+                raise ConfigError(f"{path}.{key}: {target} does not declare its type")
+            check_value(f"{path}.{key}", node[key], declared)
         values[key] = (
             OmegaConf.to_container(node[key]) if isinstance(node[key], ListConfig) else node[key]
         )

@@ -2,11 +2,15 @@
 
 `NoLogger` (`logger=none`) drops them; `WandbLogger` (`logger=wandb`) sends them to
 Weights & Biases, offline by default, with `task` as the x-axis of per-task metrics.
+Whatever the group says, the runner also keeps the curves in the run directory
+(`MetricsFile`, `<run dir>/metrics.jsonl`), beside the chosen logger (`Tee`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -84,7 +88,9 @@ class NoLogger:
         """After evaluating everything once `task` (0-based) is learned."""
 
     def log_summary(self, results: dict[str, Any], images: dict[str, Path]) -> None:
-        """At the end: final metrics, the accuracy matrix, and the run's PNG figures."""
+        """At the end: final metrics, the accuracy matrix, and the run's PNG figures. A run
+        that diverged ends here too, without figures: `results["status"]` is "diverged",
+        `results["diverged"]` says where, and the matrix has the rows of the tasks done."""
 
     def finish(self, failed: bool = False, preempted: bool = False) -> None:
         """Close the run; called whatever happened, errors, Ctrl-C and preemption included."""
@@ -221,18 +227,20 @@ class WandbLogger(NoLogger):
         import wandb
 
         matrix = results["acc_matrix"]
-        columns = ["after task"] + [f"task_{j}" for j in range(len(matrix))]
-        table = wandb.Table(columns=columns, data=[[i + 1, *row] for i, row in enumerate(matrix)])
-        self.run.log(
-            {
-                "acc_matrix": table,
-                **{f"figures/{key}": wandb.Image(str(path)) for key, path in images.items()},
-            }
-        )
+        logged: dict[str, Any] = {
+            f"figures/{key}": wandb.Image(str(path)) for key, path in images.items()
+        }
+        if matrix:  # a run that diverged in its first task has no row
+            columns = ["after task"] + [f"task_{j}" for j in range(len(matrix[0]))]
+            rows = [[i + 1, *row] for i, row in enumerate(matrix)]
+            logged["acc_matrix"] = wandb.Table(columns=columns, data=rows)
+        if logged:
+            self.run.log(logged)
         for gap in results.get("stability_gap", []):
             for stat in ("depth", "min", "steps_to_recover"):
                 self.run.summary[f"stability_gap/task_{gap['task']}/{stat}"] = gap[stat]
         for key in (
+            "status",
             "avg_acc",
             "bwt",
             "forgetting",
@@ -241,8 +249,10 @@ class WandbLogger(NoLogger):
             "strategy",
             "lambda",
             "fisher_estimator",
+            "diverged",
         ):
-            self.run.summary[key] = results[key]
+            if results.get(key) is not None:
+                self.run.summary[key] = results[key]
 
     def finish(self, failed: bool = False, preempted: bool = False) -> None:
         if self.run is None:
@@ -257,6 +267,122 @@ class WandbLogger(NoLogger):
                 "W&B run did not close cleanly (%s)",
                 str(error).splitlines()[0] if str(error) else type(error).__name__,
             )
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsFile(NoLogger):
+    """`<run dir>/metrics.jsonl`: the training curves (`"event": "train"`, W&B's `train/*`
+    keys), continual evaluations (`"continual"`), each task's accuracies (`"task"`) and the
+    outcome (`"end"`), one JSON object a line, whatever the logger, so a run with
+    `logger=none` keeps its curves too. Each line is flushed as it is written. A resumed run
+    first cuts the file back to where its checkpoint was written (`position()`), so every
+    event is in it once, as in a run never stopped."""
+
+    def __init__(self, run_dir: Path, keep: int | None = 0) -> None:
+        """`keep`: how many bytes of an existing file to keep (a checkpoint's `position()`;
+        0, a fresh run: none; None: all), without a line a crash cut short."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / METRICS_FILE
+        size = self.path.stat().st_size if self.path.exists() else 0
+        end = _after_last_line(self.path, size if keep is None else min(keep, size))
+        if end < size:
+            os.truncate(self.path, end)
+        self.file = self.path.open("ab")
+
+    def position(self) -> int:
+        """The file's length so far: what a checkpoint keeps."""
+        self.file.flush()
+        return os.fstat(self.file.fileno()).st_size
+
+    def write(self, event: str, entries: dict[str, Any]) -> None:
+        if not self.file.closed:
+            line = json.dumps({"event": event, **entries}, default=str)
+            self.file.write(line.encode() + b"\n")
+            self.file.flush()
+
+    def log_training(self, metrics: dict[str, float]) -> None:
+        self.write("train", metrics)
+
+    def log_continual(self, point: dict[str, Any]) -> None:
+        self.write("continual", point)
+
+    def log_task(self, task: int, metrics: dict[str, float | None]) -> None:
+        self.write("task", {"task": task + 1, **metrics})
+
+    def log_summary(self, results: dict[str, Any], images: dict[str, Path]) -> None:
+        keys = ("status", "diverged", "avg_acc", "bwt", "forgetting", "wall_time_s")
+        self.write("end", {key: results[key] for key in keys if key in results})
+
+    def finish(self, failed: bool = False, preempted: bool = False) -> None:
+        self.file.close()
+
+
+def _after_last_line(path: Path, end: int) -> int:
+    """`end`, moved back to just after the last newline before it (0 if none)."""
+    if end == 0:
+        return 0
+    with path.open("rb") as file:
+        while end > 0:
+            start = max(0, end - 65536)
+            file.seek(start)
+            newline = file.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0
+
+
+class Tee(NoLogger):
+    """Every call to each of `loggers` in turn (the configured logger, then the run's own
+    metrics file); the first one's run id is the run's."""
+
+    def __init__(self, *loggers: NoLogger) -> None:
+        self.loggers = loggers
+
+    @property
+    def run_id(self) -> str | None:  # type: ignore[override]
+        return self.loggers[0].run_id
+
+    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
+        for logger in self.loggers:
+            getattr(logger, method)(*args, **kwargs)
+
+    def start(self, *args: Any, **kwargs: Any) -> None:
+        self._each("start", *args, **kwargs)
+
+    def log_training(self, *args: Any) -> None:
+        self._each("log_training", *args)
+
+    def log_importance(self, *args: Any) -> None:
+        self._each("log_importance", *args)
+
+    def log_spectra(self, *args: Any) -> None:
+        self._each("log_spectra", *args)
+
+    def log_continual(self, *args: Any) -> None:
+        self._each("log_continual", *args)
+
+    def log_diagnostics(self, *args: Any) -> None:
+        self._each("log_diagnostics", *args)
+
+    def log_task(self, *args: Any) -> None:
+        self._each("log_task", *args)
+
+    def log_summary(self, *args: Any) -> None:
+        self._each("log_summary", *args)
+
+    def finish(self, failed: bool = False, preempted: bool = False) -> None:
+        """Every logger is closed, even when one fails to; the first failure is raised."""
+        errors = []
+        for logger in self.loggers:
+            try:
+                logger.finish(failed=failed, preempted=preempted)
+            except BaseException as error:  # noqa: BLE001 - raised below, after the others
+                errors.append(error)
+        if errors:
+            raise errors[0]
 
 
 def importance_histogram(values: Tensor) -> tuple[np.ndarray, np.ndarray]:

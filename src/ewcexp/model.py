@@ -1,21 +1,123 @@
-"""Networks. Each takes raw uint8 images and scales them itself, so data stays uint8 in memory."""
+"""Networks. Each takes raw uint8 images and scales them itself, so data stays uint8 in memory.
+
+`build_model` builds whatever `model._target_` names: ours and a user's own take
+`input_shape` and `out_features` (and uint8 images); any other network sized by
+`num_classes`, such as torchvision's architectures, is fed [0, 1] float images through
+`FloatImages`.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewcexp.config import ConfigError
+from ewcexp.config import ConfigError, show, takes_any_keyword
 from ewcexp.schema import PositiveFloat, PositiveInt
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+RUNNER_KEYS = ("input_shape", "out_features", "num_classes")  # what build_model fills in
 
 
 def as_float(images: Tensor) -> Tensor:
     """uint8 pixels to [0, 1] floats; float input is taken as already scaled."""
     return images if images.is_floating_point() else images.float() / 255
+
+
+def build_model(
+    node: DictConfig, input_shape: tuple[int, ...], out_features: int, sample: Tensor
+) -> nn.Module:
+    """The network `node` names, for images of `input_shape` and `out_features` output units.
+    `input_shape` and `out_features` go to a callable that takes them (then it takes uint8
+    images); otherwise `num_classes=out_features` goes to one that takes it or **kwargs, and
+    the network is wrapped in `FloatImages`. Its output on `sample` (a few training images)
+    must be [N, out_features]: a mismatch is one line here, not a failure mid-training."""
+    from hydra.utils import instantiate
+
+    if given := [key for key in RUNNER_KEYS if key in node]:
+        raise ConfigError(
+            f"model.{given[0]}={show(node[given[0]])} is not allowed: the runner sets it "
+            "from the data and the scenario"
+        )
+    # called here, not by Hydra, so that a ConfigError the model raises is not wrapped
+    build = instantiate(node, _partial_=True)
+    parameters = inspect.signature(build.func).parameters
+    if "input_shape" in parameters or "out_features" in parameters:
+        sizes = {"input_shape": input_shape, "out_features": out_features}
+        model = build(**{key: value for key, value in sizes.items() if key in parameters})
+    elif "num_classes" in parameters or takes_any_keyword(build.func):
+        model = FloatImages(_passing_on(build, node, num_classes=out_features), input_shape)
+    else:
+        raise ConfigError(
+            f"model._target_={node._target_} is not allowed: it takes none of input_shape, "
+            "out_features, num_classes (or **kwargs), so its output layer cannot be sized"
+        )
+    _check_output(model, node._target_, sample, out_features)
+    return model
+
+
+def _passing_on(build: Callable[..., nn.Module], node: DictConfig, **sizes: int) -> nn.Module:
+    """`build(**sizes)`; a key the config check let through to **kwargs that the code it is
+    passed on to does not take is one line, as an undeclared key is."""
+    try:
+        return build(**sizes)
+    except TypeError as error:
+        refused = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if refused is None or refused[1] not in node:
+            raise
+        key = refused[1]
+        raise ConfigError(f"model.{key}={show(node[key])} is not allowed: {error}") from None
+
+
+def _check_output(model: nn.Module, target: str, sample: Tensor, out_features: int) -> None:
+    """One forward pass in eval mode (nothing learned, nothing drawn): [N, out_features].
+    torch's shape errors (images too small for its pooling, too few channels) are one line."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(sample)
+    except RuntimeError as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(
+            f"model._target_={target} is not allowed on images {list(sample.shape)}: {message}"
+        ) from None
+    finally:
+        model.train(was_training)
+    shape = list(output.shape) if isinstance(output, Tensor) else type(output).__name__
+    if shape != [len(sample), out_features]:
+        raise ConfigError(
+            f"model._target_={target} is not allowed: on images {list(sample.shape)} it "
+            f"returned {shape}; expected [{len(sample)}, {out_features}] (a logit per output unit)"
+        )
+
+
+class FloatImages(nn.Module):
+    """A network written for float images, [N, C, H, W] in [0, 1] (torchvision's models), fed
+    ours: uint8 scaled, grey images given their channel dimension, and repeated to the
+    channels the network's first convolution takes (3 for ImageNet architectures)."""
+
+    def __init__(self, net: nn.Module, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.net = net
+        first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = 1 if len(input_shape) == 2 else input_shape[0]
+        wanted = first.in_channels if first is not None else channels
+        self.repeat = wanted if channels == 1 and wanted > 1 else 1
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = as_float(images)
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.net(x.expand(-1, self.repeat, -1, -1) if self.repeat > 1 else x)
 
 
 class MLP(nn.Module):

@@ -1,28 +1,32 @@
-"""The run's figures as PNG files in its directory, whether or not W&B is on."""
+"""The run's figures as PNG files in its directory, whether or not W&B is on.
+
+Drawn on `matplotlib.figure.Figure`s of their own, never through `pyplot`: no backend is
+chosen or switched (a notebook that imports ewcexp keeps its own), no display is needed, and
+no figure is left open in pyplot's registry.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from torch import Tensor  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torch import Tensor
 
 
 def accuracy_heatmap(acc_matrix: list[list[float]], title: str, path: Path) -> Path:
     """R[i][j] as a heatmap; the cells of tasks not yet trained are hatched."""
     matrix = np.array(acc_matrix) * 100
     size = len(matrix)
-    figure, axes = plt.subplots(figsize=(max(4.5, 1.5 + 0.6 * size), max(3.5, 1.0 + 0.5 * size)))
+    figure, axes = _subplots(figsize=(max(4.5, 1.5 + 0.6 * size), max(3.5, 1.0 + 0.5 * size)))
     image = axes.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
     for i in range(size):
         for j in range(size):
             if j > i:
                 axes.add_patch(
-                    plt.Rectangle(
+                    Rectangle(
                         (j - 0.5, i - 0.5),
                         1,
                         1,
@@ -47,7 +51,7 @@ def accuracy_heatmap(acc_matrix: list[list[float]], title: str, path: Path) -> P
     axes.set_xlabel("evaluated on task")
     axes.set_ylabel("after training task")
     axes.set_title(title, fontsize=9)
-    figure.colorbar(image, label="test accuracy (%)")
+    figure.colorbar(image, ax=axes, label="test accuracy (%)")
     return _save(figure, path)
 
 
@@ -56,7 +60,7 @@ def accuracy_curves(acc_matrix: list[list[float]], title: str, path: Path) -> Pa
     matrix = np.array(acc_matrix) * 100
     size = len(matrix)
     steps = np.arange(1, size + 1)
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = _subplots(figsize=(6, 4))
     for j in range(size):
         axes.plot(steps[j:], matrix[j:, j], marker=".", linewidth=1, label=f"task {j + 1}")
     seen = [matrix[i, : i + 1].mean() for i in range(size)]
@@ -74,7 +78,7 @@ def importance_histograms(
 ) -> Path:
     """One outline per parameter tensor: counts of log10(|importance| + eps). Named in a legend up to 12
     tensors; a deep network's dozens would not fit, and W&B has each one by name anyway."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = _subplots(figsize=(6, 4))
     for name, (counts, edges) in histograms.items():
         axes.stairs(counts, edges, label=name)
     axes.set_yscale("log")
@@ -91,7 +95,7 @@ def importance_histograms(
 def continual_curves(points: list[dict], title: str, path: Path) -> Path:
     """Each task's accuracy on its test subset against the global step, from the task's own
     start; dashed lines at the task switches."""
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure, axes = _subplots(figsize=(8, 4))
     tasks = max(p["task"] for p in points)
     for j in range(tasks):
         seen = [p for p in points if p["task"] > j]
@@ -119,7 +123,7 @@ def estimator_comparison(
     correlation, relative error, and the factor λ must change by (log scale)."""
     names = list(comparisons)
     estimators = list(comparisons[names[0]])
-    figure, panels = plt.subplots(1, 3, figsize=(12, 4))
+    figure, panels = _subplots(1, 3, figsize=(12, 4))
     width = 0.8 / len(estimators)
     for axes, stat in zip(panels, ("spearman", "relative_error", "scale_ratio"), strict=True):
         for k, estimator in enumerate(estimators):
@@ -138,7 +142,7 @@ def estimator_comparison(
 def overlap_heatmap(overlaps: list[list[float]], title: str, path: Path) -> Path:
     """Task × task Fisher overlap (1: identical, 0: disjoint)."""
     size = len(overlaps)
-    figure, axes = plt.subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
+    figure, axes = _subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
     image = axes.imshow(np.array(overlaps), vmin=0, vmax=1, cmap="viridis")
     for i in range(size):
         for j in range(size):
@@ -157,7 +161,7 @@ def overlap_heatmap(overlaps: list[list[float]], title: str, path: Path) -> Path
 def stability_gap_bars(gaps: list[dict], title: str, path: Path) -> Path:
     """Per task: its accuracy before the next task, the lowest during it (the gap's depth
     between), and the steps into the next task until it was back (✗: not within it)."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = _subplots(figsize=(6, 4))
     labels = [f"task {g['task']}\nduring {g['during']}" for g in gaps]
     before = [100 * g["before"] for g in gaps]
     lowest = [100 * g["min"] for g in gaps]
@@ -176,7 +180,7 @@ def stability_gap_bars(gaps: list[dict], title: str, path: Path) -> Path:
 def eigenvalue_spectra(spectra: dict[str, dict[str, Tensor]], title: str, path: Path) -> Path:
     """Left A, right G: each layer's eigenvalues, largest first, against their rank divided
     by the factor's size (layers of different widths side by side), on log scales."""
-    figure, panels = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    figure, panels = _subplots(1, 2, figsize=(9, 4), sharey=True)
     for axes, factor in zip(panels, ("A", "G"), strict=True):
         for layer, factors in spectra.items():
             values = factors[factor].detach().double().cpu().flip(0).clamp_min(1e-12).numpy()
@@ -193,8 +197,14 @@ def eigenvalue_spectra(spectra: dict[str, dict[str, Tensor]], title: str, path: 
     return _save(figure, path)
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _subplots(*grid: int, **options: Any) -> tuple[Figure, Any]:
+    """A figure of its own (no pyplot) and its axes, as `pyplot.subplots` returns them."""
+    figsize = options.pop("figsize", None)
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*grid, **options)
+
+
+def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

@@ -1,6 +1,9 @@
 """Summarise a sweep: `python -m ewcexp.report <multirun dir> [--wandb offline|online]`.
 
-Reads every job's `results.json` under the directory and prints a table: per (strategy, λ,
+First every job folder (one with Hydra's `.hydra/`) and how it ended: completed, diverged
+(its results.json says so), crashed (an error in its log, no results) or unfinished (no
+results and no error: still running, killed, or waiting for a requeue). Then, from the
+completed jobs only, a table: per (strategy, λ,
 Fisher estimator), the runs (seeds), the mean final average accuracy with its standard
 error and 95% t-interval (a single seed says so, rather than ±0), mean BWT and forgetting.
 Below it, for the best λ of each two strategies, the paired difference over the seeds both
@@ -107,13 +110,100 @@ def settings(runs: list[dict[str, Any]]) -> list[str]:
     return [" ".join(f"{k}={f.get(k, '-')}" for k in varying) for f in flats]
 
 
+STATUSES = ("completed", "diverged", "crashed", "unfinished")
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job folder under `sweep_dir` (itself included): one with Hydra's `.hydra/`, or,
+    in a folder of runs gathered by hand, one with a results.json."""
+    found = {path.parent for path in sweep_dir.rglob(".hydra") if path.is_dir()}
+    found |= {path.parent for path in sweep_dir.rglob("results.json")}
+    return sorted(found, key=lambda job: [_number_first(part) for part in job.parts])
+
+
+def _number_first(name: str) -> tuple[int, int | str]:
+    """Job folders 0, 1, ..., 10 in numeric order, before any other name."""
+    return (0, int(name)) if name.isdigit() else (1, name)
+
+
+def job_statuses(sweep_dir: Path) -> dict[Path, str]:
+    """How each job folder of `sweep_dir` ended: "completed" and "diverged" as its
+    results.json says (one without a status, from before there were any, completed);
+    "crashed", no results but an error in its log (or a results.json it cannot read);
+    "unfinished", neither (still running, killed, or waiting for a requeue)."""
+    return {job: job_status(job)[0] for job in job_dirs(sweep_dir)}
+
+
+def job_status(job: Path) -> tuple[str, str]:
+    """How the job in folder `job` ended, and a few words on why (empty when it completed)."""
+    path = job / "results.json"
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            return "crashed", f"results.json cannot be read ({type(error).__name__})"
+        status = results.get("status", "completed")
+        if status == "diverged":
+            where = results.get("diverged", {})
+            return status, (
+                f"task {where.get('task')}, step {where.get('step')}: "
+                f"{where.get('what')} {where.get('value')}"
+            )
+        return (status, "") if status == "completed" else ("crashed", f"status {status}")
+    if error := _logged_error(job):
+        return "crashed", error
+    has_checkpoint = (job / "checkpoint.pt").is_file()
+    return "unfinished", "a checkpoint to resume from" if has_checkpoint else "no checkpoint"
+
+
+def _logged_error(job: Path) -> str | None:
+    """The first error line of the job's log (`<job>/<name>.log`, Hydra's), without its time
+    stamp, or that it holds a traceback."""
+    for log_file in sorted(job.glob("*.log")):
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if "][ERROR] - " in line:
+                return line.split("][ERROR] - ", 1)[1][:200]
+            if line.startswith("Traceback (most recent call last)"):
+                return f"a traceback in {log_file.name}"
+    return None
+
+
+def format_jobs(sweep_dir: Path) -> str:
+    """One line per job folder: its name, how it ended and why, its overrides."""
+    lines, statuses = [], []
+    for job in job_dirs(sweep_dir):
+        status, why = job_status(job)
+        statuses.append(status)
+        overrides = job / ".hydra" / "overrides.yaml"
+        try:
+            told = " ".join(
+                line.removeprefix("- ").strip() for line in overrides.read_text().splitlines()
+            )
+        except OSError:
+            told = ""
+        name = str(job.relative_to(sweep_dir)) if job != sweep_dir else "."
+        lines.append(f"{name:>4}  {status:<10}  {told}" + (f"  ({why})" if why else ""))
+    counts = {status: statuses.count(status) for status in STATUSES}
+    header = f"{len(lines)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return "\n".join([header, *lines])
+
+
 def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One row per (strategy, λ, Fisher estimator, setting): the runs (seeds) found (a
     strategy without λ: the first of each seed, repeated by a λ sweep), the mean
     final average accuracy with its standard error and 95% interval, mean BWT and forgetting;
     and for the best λ of each strategy, the paired differences between strategies of the
-    same setting over the seeds both ran."""
-    runs = [json.loads(path.read_text()) for path in sorted(root.rglob("results.json"))]
+    same setting over the seeds both ran. Jobs that did not complete are left out: a run
+    that diverged or crashed has no final accuracy to average."""
+    runs = [
+        json.loads((job / "results.json").read_text())
+        for job, status in job_statuses(root).items()
+        if status == "completed"
+    ]
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for results, setting in zip(runs, settings(runs), strict=True):
         groups[(*group_key(results), setting)].append(results)
@@ -201,9 +291,10 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS)
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Final average accuracy against λ (log scale), one line per strategy (for each λ the
     first estimator's row), with 95% intervals as error bars where there are seeds enough."""
-    from ewcexp.plots import plt
+    from matplotlib.figure import Figure  # no pyplot: no backend is chosen
 
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     for strategy in sorted({row["strategy"] for row in rows}):
         points = list(
             {row["lambda"]: row for row in reversed(rows) if row["strategy"] == strategy}.values()
@@ -234,7 +325,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
 
 
@@ -301,18 +391,26 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    rows, pairs = collect(args.directory)
-    if not rows:
+    if not job_dirs(args.directory):
         print(
             f"error: directory={args.directory} holds no results.json: expected a multirun "
             "directory such as multirun/<date>/<time>",
             file=sys.stderr,
         )
         return 2
+    rows, pairs = collect(args.directory)
+    if not rows:
+        print(format_jobs(args.directory))
+        print(
+            f"error: directory={args.directory} holds no completed run: nothing to summarise",
+            file=sys.stderr,
+        )
+        return 1
     print(format_table(rows))
     if pairs:
         print("\npaired differences in final average accuracy (best λ of each, same seeds):")
         print(format_table(pairs, PAIRED_COLUMNS))
+    print(f"\n{format_jobs(args.directory)}")
     with open(args.directory / "lambda_sweep.csv", "w", newline="") as out:
         writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()

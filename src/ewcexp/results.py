@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ewcexp.checkpoint import write_atomically
 from ewcexp.continual import stability_gaps
 from ewcexp.diagnostics import fisher_overlap, overlap_matrix
 from ewcexp.logger import (
@@ -85,13 +85,31 @@ def record_spectra(
 
 
 def summarize(
-    record: Record, strategy: Strategy, config: dict[str, Any], sequence: TaskSequence
+    record: Record,
+    strategy: Strategy,
+    config: dict[str, Any],
+    sequence: TaskSequence,
+    diverged: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The contents of results.json; the importance statistics under the importance's kind
-    ("fisher", "mas", "si"), which `importance` names."""
-    acc, last = record.acc, len(record.acc) - 1
+    ("fisher", "mas", "si"), which `importance` names. `status` is "completed", or with
+    `diverged` (where: `Diverged.record()`) "diverged": then the matrix has the rows of the
+    tasks finished before, and no final average, BWT or forgetting, which no run reached."""
+    done = len(record.acc) if diverged is None else diverged["task"] - 1
+    acc, last = record.acc[:done], done - 1
     kind = strategy.importance_kind
+    final = (
+        {
+            "avg_acc": average_accuracy(acc, last),
+            "bwt": backward_transfer(acc, last),
+            "forgetting": forgetting(acc, last),
+        }
+        if diverged is None
+        else {"avg_acc": None, "bwt": None, "forgetting": None}
+    )
     return {
+        "status": "completed" if diverged is None else "diverged",
+        **({} if diverged is None else {"diverged": diverged, "tasks_done": done}),
         "strategy": strategy.name,
         "lambda": config["lambda"],
         "seed": config["seed"],
@@ -103,11 +121,11 @@ def summarize(
         "task_names": [task.name for task in sequence.tasks],
         "class_order": sequence.class_order,  # split sequences: the order dealt out
         "acc_matrix": acc.tolist(),
-        "avg_acc": average_accuracy(acc, last),
-        "avg_acc_seen": [average_accuracy(acc, i) for i in range(len(acc))],
-        "bwt": backward_transfer(acc, last),
-        "forgetting": forgetting(acc, last),
-        "per_task": [task_metrics(acc, t) for t in range(len(acc))],  # as logged after each task
+        "avg_acc": final["avg_acc"],
+        "avg_acc_seen": [average_accuracy(acc, i) for i in range(done)],
+        "bwt": final["bwt"],
+        "forgetting": final["forgetting"],
+        "per_task": [task_metrics(acc, t) for t in range(done)],  # as logged after each task
         "data_source": sequence.source,
         "wall_time_s": record.wall_s(),
         "phase_time_s": record.seconds,
@@ -202,11 +220,9 @@ def save_figures(results: dict[str, Any], record: Record, output_dir: Path) -> d
 
 
 def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Write then rename, so a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2))
-    os.replace(partial, path)
+    """Written whole or not at all (`checkpoint.write_atomically`): a reader never sees part."""
+    text = json.dumps(payload, indent=2)  # before the file is opened: a value JSON refuses
+    write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def format_report(results: dict[str, Any]) -> str:

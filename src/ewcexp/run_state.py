@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ewcexp import checkpoint
-from ewcexp.logger import NoLogger
+from ewcexp.logger import MetricsFile, NoLogger
 from ewcexp.strategy.base import Strategy
 
 PHASES = ("train", "fisher", "eval", "diagnostics")
@@ -85,6 +85,8 @@ class LoopState:
     step: int = 0  # global training step at the start of the current task
     task_steps: int = 0  # steps of the current task done when a stop was requested mid-task
     optimizer_state: dict[str, Any] | None = None  # mid-task, or carried to the next task
+    metrics: MetricsFile | None = None  # the run's metrics.jsonl, cut back to this on resuming
+    metrics_offset: int | None = 0  # its length at the checkpoint (None: an older checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -98,6 +100,7 @@ class LoopState:
             "fisher_rng": self.fisher_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
             "logger_run_id": self.logger.run_id,
+            "metrics_offset": self.metrics.position() if self.metrics is not None else None,
         }
         if self.optimizer_state is not None:
             state["optimizer"] = self.optimizer_state
@@ -113,6 +116,7 @@ class LoopState:
         self.tasks_done, self.step = state["tasks_done"], state["step"]
         self.task_steps = state["task_steps"]
         self.optimizer_state = state.get("optimizer")
+        self.metrics_offset = state.get("metrics_offset")
 
     def restore(self, saved: dict[str, Any], run_dir: Path) -> None:
         """`load_state_dict`, with a checkpoint whose contents do not fit reported in one line."""

@@ -1,4 +1,4 @@
-"""One live run per run directory: a lock that the kernel releases when its process ends.
+"""Folders a run writes to: whether one can be written, and one live run per run directory.
 
 `hold(dir)` takes an exclusive `flock` on `<dir>/.lock` for the whole run; a second run
 started into the same folder (the same `hydra.run.dir`, a resubmitted job) is refused in one
@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,3 +70,23 @@ def _in_use_message(run_dir: Path, holder: str) -> str:
         f"run directory {run_dir} is in use by a live run ({holder}): wait for it to end, "
         "or choose another folder with hydra.run.dir=..."
     )
+
+
+def cannot_write(directory: Path) -> str | None:
+    """Why `directory` could not be created and written in, or None; the nearest of it and its
+    parents that exists decides (a file there, a read-only file system, no permission, a
+    file system such as /sys that takes no folder: a folder made there and removed tells)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        return f"{existing} is on a read-only file system"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no permission to write in {existing}"
+    try:  # root passes os.access everywhere; /proc and /sys still refuse a new folder
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        return f"{existing} takes no new folder: {error.strerror}"
+    return None

@@ -1,12 +1,13 @@
 """The experiment: learn the tasks one after another, consolidate each, evaluate every task.
 
 `run_experiment` builds the components the config names and owns the run's outcome (results,
-the logger, a stop); `learn_sequence` is the loop.
+the logger, a stop, a divergence); `learn_sequence` is the loop.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,19 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ewcexp import checkpoint
 from ewcexp.config import ConfigError, declared_keys
+from ewcexp.data import DataUnavailable
 from ewcexp.diagnostics import estimator_diagnostics
 from ewcexp.evaluation import accuracy
 from ewcexp.fisher import ESTIMATORS, Fisher, estimate_fisher
 from ewcexp.importance import TaskData, diagonal_of
-from ewcexp.logger import NoLogger
+from ewcexp.joblog import to_log_files
+from ewcexp.logger import MetricsFile, NoLogger, Tee
 from ewcexp.metrics import average_accuracy
+from ewcexp.model import build_model
 from ewcexp.preemption import StopRequest
 from ewcexp.results import (
     format_report,
@@ -43,8 +46,8 @@ from ewcexp.run_state import LoopState, Record
 from ewcexp.schema import NonNegativeFloat, NonNegativeInt
 from ewcexp.seeding import generator, stream_seed
 from ewcexp.strategy.base import Strategy
-from ewcexp.task_sequence import TaskSequence
-from ewcexp.training import TrainingLoop, TrainSettings, training_set
+from ewcexp.task_sequence import TaskSequence, build_sequence
+from ewcexp.training import Diverged, TrainingLoop, TrainSettings, first_non_finite, training_set
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +116,81 @@ def run_experiment(
     cfg: DictConfig, output_dir: Path, run_group: str | None = None, run_name: str | None = None
 ) -> dict[str, Any]:
     """Train `cfg.task_sequence` with `cfg.strategy`; write `results.json` and figures to
-    `output_dir`; send metrics to `cfg.logger` (`run_group`/`run_name`: defaults for it).
+    `output_dir`; send metrics to `cfg.logger` (`run_group`/`run_name`: defaults for it) and
+    to `<output_dir>/metrics.jsonl`. Returns the results, `status` "completed".
+
+    A loss, penalty, parameter or importance that is not finite stops the run at once: one
+    error line, then results with `status` "diverged" (the rows of the tasks finished, where
+    it diverged, no figures), returned too; its checkpoint stays at the last task finished.
     On SIGTERM/SIGUSR1/SIGUSR2 it checkpoints, closes the logger and exits for a requeue."""
     config = OmegaConf.to_container(cfg, resolve=True)
-    run, state, logger_run_id = prepare(cfg, config, output_dir)
-    run.logger.start(config, output_dir, group=run_group, name=run_name, run_id=logger_run_id)
-    complete = False
+    run: Run | None = None
+    try:
+        run, state, logger_run_id = prepare(cfg, config, output_dir)
+        state.metrics = MetricsFile(output_dir, keep=state.metrics_offset)
+        run.logger = state.logger = Tee(run.logger, state.metrics)
+        run.logger.start(config, output_dir, group=run_group, name=run_name, run_id=logger_run_id)
+        results = learn_and_conclude(run, state, config)
+    except Exception as error:
+        # the job's log says why it ended, for the report: unless the command's own one line,
+        # written there too, does (a refused value, missing data, another run's checkpoint)
+        if not isinstance(error, ConfigError | DataUnavailable | checkpoint.CheckpointMismatch):
+            where = "before training"
+            if run is not None:
+                where = f"in task {state.tasks_done + 1}/{len(run.sequence.tasks)}"
+            what = (str(error).splitlines() or [""])[0]
+            to_log_files(
+                f"error: the run crashed {where}: {type(error).__name__}: {what}",
+                with_traceback=True,
+            )
+        raise
+    if results["status"] == "completed":
+        log.info("%s", format_report(results))  # into the job's log file too, for SLURM users
+    return results
+
+
+def learn_and_conclude(run: Run, state: LoopState, config: dict[str, Any]) -> dict[str, Any]:
+    """Learn the tasks left, then write and log the outcome: results and figures, a
+    divergence's results, or (on a stop) a checkpoint and the exit for a requeue."""
+    results: dict[str, Any] | None = None
     with StopRequest() as stop:
         try:
-            complete = learn_sequence(run, state, stop).tasks_done == len(run.sequence.tasks)
-            if complete:
-                results = summarize(run.record, run.strategy, config, run.sequence)
-                figures = save_figures(results, run.record, output_dir)
-                write_json_atomically(output_dir / "results.json", results)
+            try:
+                learn_sequence(run, state, stop)
+            except Diverged as diverged:
+                log.error(divergence_line(run, diverged))
+                results = summarize(
+                    run.record, run.strategy, config, run.sequence, diverged=diverged.record()
+                )
+                figures = {}  # of a run that did not happen: none
+            else:
+                if state.tasks_done == len(run.sequence.tasks):
+                    results = summarize(run.record, run.strategy, config, run.sequence)
+                    figures = save_figures(results, run.record, run.output_dir)
+            if results is not None:
+                write_json_atomically(run.output_dir / "results.json", results)
                 run.logger.log_summary(results, figures)
         finally:  # closed before a requeue can stop the logger's service
-            run.logger.finish(failed=not complete, preempted=stop.requested and not complete)
-        if not complete:
+            run.logger.finish(
+                failed=results is None or results["status"] != "completed",
+                preempted=stop.requested and results is None,
+            )
+        if results is None:
             stop.exit()
-    print(format_report(results))
     return results
+
+
+def divergence_line(run: Run, diverged: Diverged) -> str:
+    """Where the run diverged, what was not finite, and the settings to try smaller."""
+    hint = []
+    if "lr" in run.cfg.optimizer:
+        hint.append(f"optimizer.lr (now {run.cfg.optimizer.lr:g})")
+    if run.strategy.penalty is not None:  # strategies with a penalty strength
+        hint.append(f"lambda (now {run.strategy.penalty.strength:g})")
+    return (
+        f"diverged: task {diverged.task + 1}/{len(run.sequence.tasks)}, step {diverged.step}: "
+        f"{diverged}" + (f"; try a smaller {' or '.join(hint)}" if hint else "")
+    )
 
 
 def prepare(
@@ -145,18 +203,12 @@ def prepare(
         log.warning(warning)
     torch.manual_seed(stream_seed(cfg.seed, "weights"))  # the model's initial weights
     device = instantiate(cfg.device).resolve()
-    sequence: TaskSequence = instantiate(
-        cfg.task_sequence, images=instantiate(cfg.data)(cfg.task_sequence.dataset)
-    )
+    sequence = build_sequence(cfg.task_sequence, cfg.data)
     record = Record(torch.zeros(len(sequence.tasks), len(sequence.tasks)), started=started)
-    try:
-        model: nn.Module = instantiate(
-            cfg.model, input_shape=sequence.input_shape, out_features=sequence.scenario.output_size
-        ).to(device)
-    except InstantiationException as error:  # a value that only the data shows is not allowed
-        if isinstance(error.__cause__, ConfigError):
-            raise error.__cause__ from None
-        raise
+    model = build_model(
+        cfg.model, sequence.input_shape, sequence.scenario.output_size,
+        sample=sequence.images.train_images[:2],
+    ).to(device)  # fmt: skip
     run = Run(
         cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
         instantiate(cfg.optimizer), instantiate(cfg.logger), device, output_dir, record,
@@ -184,10 +236,10 @@ def learn_sequence(run: Run, state: LoopState, stop: StopRequest) -> LoopState:
     When a stop is requested it returns early, its progress checkpointed."""
     tasks = run.sequence.tasks
     for t in range(state.tasks_done, len(tasks)):
-        loss = train_task(run, state, t, stop)
-        if loss is None:  # stopped mid-task: its progress is in the checkpoint
+        trained = train_task(run, state, t, stop)
+        if trained is None:  # stopped mid-task: its progress is in the checkpoint
             break
-        penalty = run.strategy.penalty_value(run.params)  # at the end of training
+        loss, penalty = trained
         consolidate_task(run, state, t)
         evaluate_tasks(run, state, t)
         state.tasks_done = t + 1
@@ -199,9 +251,11 @@ def learn_sequence(run: Run, state: LoopState, stop: StopRequest) -> LoopState:
     return state
 
 
-def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float | None:
-    """Train task `t` (the rest of it, for a task resumed mid-way); returns the last loss, or
-    None when a stop was requested first, after checkpointing the steps done."""
+def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[float, float] | None:
+    """Train task `t` (the rest of it, for a task resumed mid-way); returns the last loss and
+    the penalty at the end, or None when a stop was requested first, after checkpointing the
+    steps done. `Diverged` when the loss, penalty or parameters are no longer finite: no
+    checkpoint is written of such a state."""
     tasks = run.sequence.tasks
     task_start_rng = state.batch_rng.get_state()  # a resumed task replays its batches from here
     with run.record.timing("train"):
@@ -221,6 +275,8 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float |
             data, steps, run.train.batch_size, state.batch_rng, t, state.step, description,
             done=state.task_steps,
         )  # fmt: skip
+    if (bad := first_non_finite(run.params)) is not None:
+        raise Diverged("parameters", bad, t, done, state.step + done - 1)
     if done < steps:
         if done:  # with no step done, the checkpoint of the last task end is the state
             state.batch_rng.set_state(task_start_rng)
@@ -230,9 +286,12 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> float |
                 "checkpoint at task %d/%d, step %d/%d: exiting", t + 1, len(tasks), done, steps
             )
         return None
+    penalty = run.strategy.penalty_value(run.params)  # at the end of training
+    if not math.isfinite(penalty):
+        raise Diverged("penalty", penalty, t, steps, state.step + steps - 1)
     state.step, state.task_steps = state.step + steps, 0
     state.optimizer_state = None if optimizer.reset_per_task else optimizer.state_dict()
-    return loss
+    return loss, penalty
 
 
 def consolidate_task(run: Run, state: LoopState, t: int) -> None:
@@ -241,6 +300,12 @@ def consolidate_task(run: Run, state: LoopState, t: int) -> None:
     draws_before = state.fisher_rng.get_state()
     with run.record.timing("fisher"):
         importance = run.strategy.end_task(run.model, run.params, data)
+    if importance is not None:  # its statistics and histograms need finite values
+        accumulated = run.strategy.accumulated_importance() or []
+        bad = first_non_finite([*diagonal_of(importance, run.params), *accumulated])
+        if bad is not None:
+            steps = run.train.steps(run.sequence.tasks[t].train_size)
+            raise Diverged("importance", bad, t, steps, state.step - 1)
     if run.diagnostics is not None:
         with run.record.timing("diagnostics"):
             diagnose_fisher(run, data, draws_before, t)

@@ -6,21 +6,28 @@ for a task and where that task's labels sit in it:
 - task:   one head of `classes_per_task` units per task, the task id picks the head;
 - domain: one shared head of `classes_per_task` units, no task id;
 - class:  one head of all classes, active up to the classes seen so far, no task id.
+
+The number of classes and the image size are the loaded data's: what needs them is checked
+when a sequence is built, before any training.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ewcexp.data import IMAGE_SIDE, NUM_CLASSES, DatasetName, ImageData
+from ewcexp.config import ConfigError
+from ewcexp.data import DatasetName, ImageData, class_count, load_dataset
 from ewcexp.schema import NonNegativeInt, PositiveInt, Range
 from ewcexp.seeding import generator
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 ScenarioKind = Literal["task", "domain", "class"]
 AngleSpacing = Literal["even", "random"]  # RotatedSequence's `angles`
@@ -110,16 +117,22 @@ def rotate(images: Tensor, degrees: float) -> Tensor:
     return turned.squeeze(1) if grey else turned
 
 
+# in the config, a built-in dataset's name or a node whose _target_ loads the images (see
+# data.load_dataset); the sequence itself is given the name the loaded images go by
+Dataset = DatasetName | ImageData
+
+
 class TaskSequence:
     """A list of tasks over one dataset, with the scenario they are learned in. `pad_to`
     zero-pads the images to pad_to × pad_to (centred) before anything else, a permutation
     included; the model's input size follows. `active_classes` (class scenario): "seen", the
     classes of the tasks seen so far compete in the softmax; "all", every class from the
-    first task on (in training, the Fisher and evaluation), as some reference code does."""
+    first task on (in training, the Fisher and evaluation), as some reference code does.
+    Settings the data cannot take are refused here, as the config check refuses values."""
 
     def __init__(
         self,
-        dataset: DatasetName,
+        dataset: Dataset,
         images: ImageData,
         num_tasks: TaskCount,
         scenario: ScenarioKind,
@@ -127,10 +140,12 @@ class TaskSequence:
         pad_to: PositiveInt | None = None,
         active_classes: ActiveClasses = "seen",
     ) -> None:
-        self.dataset = dataset  # the name `images` were loaded under
-        self.images = padded(images, pad_to) if pad_to else images
+        self.dataset = dataset  # the name `images` go by
         self.num_tasks = num_tasks
         self.seed = seed
+        if problem := self.refusal(images, pad_to):
+            raise ConfigError(problem)
+        self.images = padded(images, pad_to) if pad_to else images
         self.scenario = Scenario(
             scenario, num_tasks, self.classes_per_task, active_classes == "all"
         )
@@ -138,16 +153,14 @@ class TaskSequence:
     classes_per_task: int
     tasks: list[Task]  # built lazily by each sequence type
 
-    @staticmethod
-    def check_arguments(
-        path: str, dataset: str, pad_to: int | None = None, **_: object
-    ) -> str | None:
-        """Padding can only grow the images."""
-        if pad_to is not None and pad_to < IMAGE_SIDE[dataset]:
+    def refusal(self, images: ImageData, pad_to: int | None) -> str | None:
+        """Why these settings do not fit the loaded `images`, or None: padding can only grow
+        the images."""
+        height, width = images.train_images.shape[-2:]
+        if pad_to is not None and pad_to < max(height, width):
             return (
-                f"{path}.pad_to={pad_to} is not allowed: {dataset}'s images are "
-                f"{IMAGE_SIDE[dataset]}×{IMAGE_SIDE[dataset]}; expected null or at least "
-                f"{IMAGE_SIDE[dataset]}"
+                f"task_sequence.pad_to={pad_to} is not allowed: {self.dataset} has images of "
+                f"{width}×{height}; expected null or at least {max(height, width)}"
             )
         return None
 
@@ -183,15 +196,13 @@ def padded(images: ImageData, side: int) -> ImageData:
 
 
 class PermutedSequence(TaskSequence):
-    """Every task is the whole dataset under its own fixed random pixel permutation;
-    `first_unpermuted` keeps the first task's images as they are (the permutations of the
-    later tasks are drawn the same either way)."""
-
-    classes_per_task = 10
+    """Every task is the whole dataset, all of its classes, under its own fixed random pixel
+    permutation; `first_unpermuted` keeps the first task's images as they are (the
+    permutations of the later tasks are drawn the same either way)."""
 
     def __init__(
         self,
-        dataset: DatasetName,
+        dataset: Dataset,
         images: ImageData,
         num_tasks: TaskCount,
         scenario: ScenarioKind,
@@ -200,6 +211,7 @@ class PermutedSequence(TaskSequence):
         active_classes: ActiveClasses = "seen",
         first_unpermuted: bool = False,
     ) -> None:
+        self.classes_per_task = class_count(images)
         self.first_unpermuted = first_unpermuted
         super().__init__(dataset, images, num_tasks, scenario, seed, pad_to, active_classes)
 
@@ -215,7 +227,7 @@ class PermutedSequence(TaskSequence):
                 t,
                 "original" if permutation is None else f"permutation {t}",
                 self.images,
-                list(range(10)),
+                list(range(self.classes_per_task)),
                 permutation,
             )
             for t, permutation in enumerate(permutations)
@@ -223,7 +235,8 @@ class PermutedSequence(TaskSequence):
 
 
 class RotatedSequence(TaskSequence):
-    """Every task is the whole dataset turned by its own fixed angle, in [0, `max_angle`) degrees.
+    """Every task is the whole dataset, all of its classes, turned by its own fixed angle, in
+    [0, `max_angle`) degrees.
 
     `angles="even"` (the default) spaces them evenly, task t at t·max_angle/num_tasks, so the
     first task is the unrotated dataset and the sequence needs no seed; `angles="random"` draws
@@ -232,7 +245,7 @@ class RotatedSequence(TaskSequence):
 
     def __init__(
         self,
-        dataset: DatasetName,
+        dataset: Dataset,
         images: ImageData,
         num_tasks: TaskCount,
         scenario: ScenarioKind,
@@ -242,7 +255,7 @@ class RotatedSequence(TaskSequence):
         pad_to: PositiveInt | None = None,
         active_classes: ActiveClasses = "seen",
     ) -> None:
-        self.classes_per_task = NUM_CLASSES[dataset]
+        self.classes_per_task = class_count(images)
         self.max_angle = max_angle
         self.angles = angles
         super().__init__(dataset, images, num_tasks, scenario, seed, pad_to, active_classes)
@@ -272,7 +285,7 @@ class SplitSequence(TaskSequence):
 
     def __init__(
         self,
-        dataset: DatasetName,
+        dataset: Dataset,
         images: ImageData,
         num_tasks: TaskCount,
         scenario: ScenarioKind,
@@ -288,35 +301,43 @@ class SplitSequence(TaskSequence):
 
     @staticmethod
     def check_arguments(
-        path: str,
-        dataset: str,
-        num_tasks: int,
-        classes_per_task: int = 2,
-        class_order: list[int] | str | None = None,
-        pad_to: int | None = None,
-        **_: object,
+        path: str, class_order: list[int] | str | None = None, **_: object
     ) -> str | None:
-        """The tasks must fit in the dataset's classes; an order must be a permutation."""
-        padding = TaskSequence.check_arguments(path, dataset, pad_to)
-        if padding:
-            return padding
-        total = NUM_CLASSES[dataset]
-        if num_tasks > total // classes_per_task:
-            return (
-                f"{path}.num_tasks={num_tasks} is not allowed: {dataset} has {total} classes, "
-                f"so with classes_per_task={classes_per_task} at most "
-                f"{total // classes_per_task} tasks"
-            )
-        if class_order not in (None, "random") and sorted(class_order) != list(range(total)):
+        """An order must be a permutation: no class twice (which classes there are, the data
+        says: see `refusal`)."""
+        if isinstance(class_order, list) and (
+            len(set(class_order)) < len(class_order) or min(class_order, default=0) < 0
+        ):
             return (
                 f"{path}.class_order={class_order} is not allowed: expected null, random or a "
-                f"permutation of 0..{total - 1}"
+                "permutation of the classes 0..C-1"
             )
         return None
 
+    def refusal(self, images: ImageData, pad_to: int | None) -> str | None:
+        """The tasks must fit in the data's classes; an order must be a permutation of them."""
+        total, k = class_count(images), self.classes_per_task
+        if k > total:
+            return (
+                f"task_sequence.classes_per_task={k} is not allowed: {self.dataset} has "
+                f"{total} classes; expected at most {total}"
+            )
+        if self.num_tasks > total // k:
+            return (
+                f"task_sequence.num_tasks={self.num_tasks} is not allowed: {self.dataset} has "
+                f"{total} classes, so with classes_per_task={k} at most {total // k} tasks"
+            )
+        order = self.order_option
+        if order not in (None, "random") and sorted(order) != list(range(total)):
+            return (
+                f"task_sequence.class_order={order} is not allowed: expected null, random or a "
+                f"permutation of 0..{total - 1} ({self.dataset} has {total} classes)"
+            )
+        return super().refusal(images, pad_to)
+
     @cached_property
     def class_order(self) -> list[int]:
-        classes = int(self.images.train_labels.max()) + 1
+        classes = class_count(self.images)
         if self.order_option == "random":
             return torch.randperm(classes, generator=generator(self.seed, "tasks")).tolist()
         return self.order_option or list(range(classes))
@@ -334,3 +355,13 @@ class SplitSequence(TaskSequence):
             )
             for t in range(self.num_tasks)
         ]
+
+
+def build_sequence(node: DictConfig, data: DictConfig) -> TaskSequence:
+    """The sequence `node` describes, over the images its `dataset` names, loaded through the
+    `data` section. Hydra's partial is called here, so that what the data refuses (a
+    ConfigError, DataUnavailable) is raised as it is, one line."""
+    from hydra.utils import instantiate
+
+    images, dataset = load_dataset(data, node.dataset)
+    return instantiate(node, dataset=dataset, _partial_=True)(images=images)

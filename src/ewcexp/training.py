@@ -4,7 +4,9 @@ the loss over each sample's active output units, and the strategy's hooks around
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +21,59 @@ from ewcexp.preemption import StopRequest
 from ewcexp.schema import PositiveInt
 from ewcexp.strategy.base import Strategy
 from ewcexp.task_sequence import Scenario, Task
+
+log = logging.getLogger(__name__)
+
+
+class Diverged(ArithmeticError):
+    """A loss, penalty, parameter or importance that is no longer a finite number: nothing the
+    run computes after it means anything, so the run stops there instead of training on NaNs.
+    `task` counts from 0, `step` is the bad step's number within the task (from 1) and
+    `train_step` its global index (the `train/step` of the logs)."""
+
+    def __init__(self, what: str, value: float, task: int, step: int, train_step: int) -> None:
+        subject = {"parameters": "a parameter", "importance": "an importance value"}.get(what)
+        super().__init__(f"{subject or 'the ' + what} is {value}")
+        self.what, self.value = what, value
+        self.task, self.step, self.train_step = task, step, train_step
+
+    def record(self) -> dict[str, int | str]:
+        """What results.json says: tasks from 1, the value as text (JSON has no NaN)."""
+        return {
+            "task": self.task + 1,
+            "step": self.step,
+            "train_step": self.train_step,
+            "what": self.what,
+            "value": str(self.value),
+        }
+
+
+def first_non_finite(tensors: list[Tensor]) -> float | None:
+    """None when every value is finite (one host sync); else NaN if any is, else the first
+    infinity."""
+    if not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
+        return None
+    values = torch.cat([t.detach()[~t.isfinite()].double().cpu() for t in tensors])
+    return math.nan if bool(values.isnan().any()) else float(values[0])
+
+
+def _on_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):  # no such method, or closed
+        return False
+
+
+def _to_host(loss: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
+    """The loss's value on its way to the host: on a GPU copied without waiting for it, with
+    an event that says when it has arrived, so checking every step's loss costs no sync."""
+    value = loss.detach()
+    if value.device.type != "cuda":
+        return value, None
+    value = value.to("cpu", non_blocking=True)  # into pinned memory, in stream order
+    arrived = torch.cuda.Event()
+    arrived.record()
+    return value, arrived
 
 
 @dataclass(frozen=True)
@@ -110,7 +165,9 @@ class TrainingLoop:
     ) -> tuple[int, float]:
         """Train the task's minibatches `done`..`steps`-1 (`rng` as at the task's start, so a
         resumed task draws the same batches); `first_step` is the global step at the task's
-        start. Returns the steps done (fewer when a stop is requested) and the last loss reported."""
+        start. Returns the steps done (fewer when a stop is requested) and the last loss reported.
+        Every step's loss is checked (a step late, so a GPU never waits for it), the penalty at
+        each report: `Diverged` when one is not finite."""
         images, targets, lo, hi = data
         shared = bool((lo == lo[0]).all() and (hi == hi[0]).all())  # all but task-incremental joint
         if shared:
@@ -118,16 +175,31 @@ class TrainingLoop:
         self.model.train()
         loss_value, since, clock = float("nan"), 0, time.perf_counter()
         batches = itertools.islice(batch_indices(len(targets), batch_size, steps, rng), done, None)
-        # disable=None: a progress bar on a terminal, none in log files
+        # a progress bar on a terminal; in a log file or SLURM's captured output, where a bar
+        # would be a heap of carriage returns, a log line every `log_every` steps instead
+        interactive = _on_terminal(sys.stderr)
+        pending = None  # the last step's loss on its way to the host, checked a step later
+
+        def checked(step: int, value: Tensor, arrived: torch.cuda.Event | None) -> float:
+            if arrived is not None:
+                arrived.synchronize()
+            loss = float(value)
+            if not math.isfinite(loss):
+                raise Diverged("loss", loss, task, step + 1, first_step + step)
+            return loss
+
         with tqdm(
             total=steps,
             initial=done,
             desc=description,
             leave=False,
             dynamic_ncols=True,
-            disable=None,
+            disable=not interactive,
         ) as progress:
             for step, batch in enumerate(batches, start=done):
+                if pending is not None:
+                    checked(*pending)
+                    pending = None
                 if self.stop.requested:
                     return step, loss_value
                 batch = batch.to(images.device)
@@ -137,6 +209,7 @@ class TrainingLoop:
                     if shared
                     else active_cross_entropy(logits, targets[batch], lo[batch], hi[batch])
                 )
+                pending = (step, *_to_host(loss))
                 self.strategy.write_penalty_gradient(self.params)
                 loss.backward()
                 self.optimizer.step()
@@ -145,16 +218,29 @@ class TrainingLoop:
                 if self.probe and (first_step + step + 1) % self.probe_every == 0:
                     self.probe(first_step + step + 1)
                 if step % self.log_every == 0 or step == steps - 1:
-                    loss_value = loss.item()
+                    loss_value, pending = checked(*pending), None
                     elapsed, clock = time.perf_counter() - clock, time.perf_counter()
-                    self.report(first_step + step, task, loss_value, since / elapsed)
-                    since = 0
+                    rate, since = since / elapsed, 0
+                    penalty = self.report(first_step + step, task, step + 1, loss_value, rate)
                     progress.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+                    if not interactive:
+                        log.info(
+                            "%s: step %d/%d, loss %.4f, penalty %.4g, %.0f samples/s",
+                            description, step + 1, steps, loss_value, penalty, rate,
+                        )  # fmt: skip
                 progress.update()
+        if pending is not None:
+            checked(*pending)
         return steps, loss_value
 
-    def report(self, step: int, task: int, loss: float, samples_per_s: float) -> None:
+    def report(
+        self, step: int, task: int, task_step: int, loss: float, samples_per_s: float
+    ) -> float:
+        """The training metrics at global `step` (`task_step` of the task, from 1) to the
+        logger; returns the penalty, checked to be finite."""
         penalty = self.strategy.penalty_value(self.params)
+        if not math.isfinite(penalty):
+            raise Diverged("penalty", penalty, task, task_step, step)
         self.logger.log_training(
             {
                 "train/step": step,
@@ -166,3 +252,4 @@ class TrainingLoop:
                 "train/samples_per_s": samples_per_s,
             }
         )
+        return penalty
