@@ -26,6 +26,7 @@ def test_version_is_the_installed_distributions():
     assert ewcexp.__version__ == importlib.metadata.version("ewcexp")
 
 
+@pytest.mark.slow
 def test_run_in_python_returns_what_the_command_writes(tmp_path, data_root):
     """`ewcexp.run` is `python run.py` in this process: the same numbers and files."""
     overrides = [*FAST, f"data.root={data_root}"]

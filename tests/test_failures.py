@@ -72,6 +72,7 @@ def assert_diverged(done: subprocess.CompletedProcess, run_dir: Path, penalty: b
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["finetune", "ewc"])
 def test_the_issues_runs_at_lr_50_end_as_diverged(tmp_path, strategy):
     """`strategy=finetune|ewc optimizer=sgd optimizer.lr=50 ...` as the issue ran them, on
@@ -86,6 +87,7 @@ def test_the_issues_runs_at_lr_50_end_as_diverged(tmp_path, strategy):
     assert_diverged(done, tmp_path / "run", penalty=strategy == "ewc")
 
 
+@pytest.mark.slow
 def test_a_diverged_run_is_a_failed_wandb_run_that_says_where(tmp_path, data_root):
     """On the synthetic digits EWC blows up in its second task (its penalty on top of the
     loss): a failed W&B run whose summary is the divergence; resuming the directory trains
@@ -133,6 +135,7 @@ def test_a_penalty_that_is_not_finite_is_a_divergence_and_run_experiment_returns
     )
 
 
+@pytest.mark.slow
 def test_a_completed_run_logs_its_matrix_and_keeps_its_curves(tmp_path, data_root):
     """Without W&B: the matrix and final metrics in the job's log file (and once on the
     terminal), progress lines instead of a progress bar off a terminal, and every training

@@ -90,6 +90,7 @@ def test_pad_to_pads_before_permuting_and_the_model_follows(tmp_path, data_root)
         SplitSequence("cifar10", colour, 1, "task", seed=0, classes_per_task=1, pad_to=31)
 
 
+@pytest.mark.slow
 def test_random_class_order_comes_from_the_seed_and_is_recorded(tmp_path, data_root):
     orders = {}
     for seed in (0, 0, 1):
@@ -249,6 +250,7 @@ def test_first_unpermuted_keeps_task_one_and_draws_the_rest_alike(data_root):
         assert torch.equal(first.tasks[t].pixel_permutation, plain.tasks[t].pixel_permutation)
 
 
+@pytest.mark.slow
 def test_a_standardisation_that_does_not_fit_the_images_is_one_line(tmp_path, data_root):
     done = run_cli(
         *[o for o in TINY if not o.startswith("model.")], "model=resnet18", "model.width=4",
