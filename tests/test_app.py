@@ -18,6 +18,7 @@ import ewcexp
 from ewcexp.config import ConfigError
 from ewcexp.rundir import RunDirInUse, hold, in_use
 from tests.conftest import REPO, TINY, run_cli
+from tests.test_own_code import lab  # noqa: F401 - the user's folder of "Your own model/data"
 
 FAST = [*TINY, "task_sequence.num_tasks=2", "train.iterations=5"]
 
@@ -127,10 +128,11 @@ def test_runs_started_together_get_folders_of_their_own(tmp_path, data_root):
 
 
 @pytest.mark.slow
-def test_installed_into_a_fresh_virtual_environment(tmp_path, data_root):
+def test_installed_into_a_fresh_virtual_environment(tmp_path, data_root, lab):  # noqa: F811
     """`uv pip install <repo>` (a wheel, not the source tree) with the locked versions, then
     from another folder: the `ewcexp` command, `python -m ewcexp`, `ewcexp-report` and
-    `ewcexp.run`, with the configs from inside the package."""
+    `ewcexp.run`, with the configs from inside the package; and the README's "Your own
+    model" and "Your own data" examples through the installed command."""
     uv = shutil.which("uv")
     if uv is None:
         pytest.skip("uv not found")
@@ -166,3 +168,17 @@ def test_installed_into_a_fresh_virtual_environment(tmp_path, data_root):
     results = json.loads((elsewhere / "cmd" / "results.json").read_text())
     assert float(api.stdout.split()[-1]) == results["avg_acc"]
     assert run("ewcexp", "model=mynet").stderr.startswith("error: model=mynet is not allowed")
+    # the user's own network and image folder, from their folder, through the search path
+    own = [f"hydra.searchpath=[file://{lab}/conf]", "logger=none", "train.iterations=40"]
+    theirs = {**env, "PYTHONPATH": str(lab)}
+    for name, options in {
+        "mine": ["model=mynet", "task_sequence=split_shapes"],
+        "torchvision": ["model=shufflenet", "task_sequence=split_shapes"],
+        "loader": ["model=mynet", "task_sequence=permuted_spectra"],
+    }.items():
+        done = subprocess.run(
+            ["ewcexp", *own, *options, f"hydra.run.dir={tmp_path / name}"],
+            cwd=lab, env=theirs, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((tmp_path / name / "results.json").read_text())["status"] == "completed"

@@ -209,15 +209,13 @@ def test_cuda_is_a_question_for_the_machine_that_trains():
 
 
 def group_problem(args: list[str]) -> str | None:
-    searchpath = [a for a in args if a.startswith("hydra.searchpath=")]
-    with hydra_configs(args) as loader:
-        return unknown_group_choice(args, loader, searchpath)
+    with hydra_configs(args) as configs:
+        return unknown_group_choice(args, configs)
 
 
 def key_problem(args: list[str]) -> str | None:
-    searchpath = [a for a in args if a.startswith("hydra.searchpath=")]
-    with hydra_configs(args) as loader:
-        return unknown_key(args, loader, searchpath)
+    with hydra_configs(args) as configs:
+        return unknown_key(args, configs)
 
 
 def test_unknown_group_option_is_caught_before_hydra():
@@ -321,8 +319,8 @@ def test_the_job_folders_checked_up_front_are_those_hydra_will_use(tmp_path):
     from ewcexp.cli import refused_job as refused_in
 
     def refused_job(args: list[str]) -> str | None:
-        with hydra_configs(args):
-            return refused_in(args)
+        with hydra_configs(args) as configs:
+            return refused_in(args, configs)
 
     sweep = tmp_path / "sweep"
     config = OmegaConf.to_container(compose_config("lambda=37.5"), resolve=True)

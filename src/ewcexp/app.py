@@ -21,7 +21,6 @@ from ewcexp.cli import command_line_problem
 from ewcexp.joblog import to_log_files
 
 DIVERGED_EXIT = 3  # a run that diverged: a result, not a crash, but not a success either
-CONFIG_DIR = Path(__file__).parent / "conf"
 
 
 @hydra.main(config_path="pkg://ewcexp.conf", config_name="config", version_base="1.3")
@@ -83,13 +82,24 @@ def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
 
 def _collect_garbage_less() -> None:
     """Keep the objects that live as long as the process (torch's and the like, imported by
-    now) out of every garbage collection: the first job of a process freezes them once, and
-    they are unfrozen at exit, so that extensions that count their objects at shutdown
-    (nanobind's, e.g. under torchvision.datasets) find them collected, not leaked."""
+    now) out of every garbage collection: the first job of a process freezes them once.
+    Where an extension built with nanobind is among them (triton's, which a user module
+    importing torchvision.datasets brings in), they are unfrozen at exit, so that nanobind
+    finds its objects collected, not leaked; that last collection costs ~0.6 s, so only then."""
     if not gc.isenabled():
         gc.freeze()
-        atexit.register(gc.unfreeze)
+        if _nanobind_loaded():
+            atexit.register(gc.unfreeze)
         gc.enable()
+
+
+def _nanobind_loaded() -> bool:
+    """Whether a loaded module holds a nanobind class (its metaclass's type is nb_meta)."""
+    for module in list(sys.modules.values()):
+        for value in list(getattr(module, "__dict__", {}).values()):
+            if type(type(value)).__name__ == "nb_meta":  # type(): no attribute lookups
+                return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,7 +126,7 @@ class SweepOutcome(Callback):
     failed: tuple[str, bool] | None = None  # the line, and whether every failure diverged
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from ewcexp.report import job_statuses
+        from ewcexp.report import job_statuses, logged_error
 
         sweep_dir = Path(config.hydra.sweep.dir)
         statuses = job_statuses(sweep_dir)
@@ -131,23 +141,10 @@ class SweepOutcome(Callback):
             f"{len(jobs)} {status} ({', '.join(jobs)})" for status, jobs in sorted(kinds.items())
         )
         first = next(iter(failed))
-        why = _last_error(first)
+        why = logged_error(first)
         line = (
             f"error: of {len(statuses)} jobs in {sweep_dir}, {counts}"
             + (f"; job {first.name}: {why}" if why else "")
             + f"; the report: ewcexp-report {sweep_dir}"
         )
         type(self).failed = (line, set(kinds) == {"diverged"})
-
-
-def _last_error(job_dir: Path) -> str | None:
-    """The last `error: ...` or `diverged: ...` line a job wrote to its log file."""
-    log_file = job_dir / "ewcexp.log"
-    if not log_file.is_file():
-        return None
-    lines = [
-        line.split("] - ", 1)[-1]
-        for line in log_file.read_text(errors="replace").splitlines()
-        if "error: " in line or "diverged: " in line
-    ]
-    return lines[-1] if lines else None

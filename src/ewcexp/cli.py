@@ -32,21 +32,20 @@ def command_line_problem(args: Sequence[str]) -> str | None:
         return None  # Hydra prints and runs nothing, or another primary config is composed
     if not all(directory.is_dir() for directory in added_config_dirs(args)):
         return None  # Hydra says which folder is missing
-    with hydra_configs(args) as loader:
-        searchpath = [a for a in args if a.lstrip("+").startswith("hydra.searchpath=")]
+    with hydra_configs(args) as configs:
         return (
-            unknown_group_choice(args, loader, searchpath)
-            or unknown_key(args, loader, searchpath)
+            unknown_group_choice(args, configs)
+            or unknown_key(args, configs)
             or unwritable_run_dir(args)
-            or refused_job(args, searchpath)
+            or refused_job(args, configs)
         )
 
 
 @contextmanager
-def hydra_configs(args: Sequence[str]) -> Iterator[Any]:
-    """Hydra's config loader over the search path the command's jobs will have: ewcexp's
-    configs, search-path plugins, and `--config-dir` (placed as Hydra places it); the compose
-    API works inside. Yields the loader."""
+def hydra_configs(args: Sequence[str]) -> Iterator[JobConfigs]:
+    """Hydra over the search path the command's jobs will have: ewcexp's configs, search-path
+    plugins, `--config-dir` (placed as Hydra places it) and the command's `hydra.searchpath`;
+    the compose API works inside. Yields the command's `JobConfigs`."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.config_search_path import SearchPathQuery
@@ -62,7 +61,7 @@ def hydra_configs(args: Sequence[str]) -> Iterator[Any]:
     GlobalHydra.instance().clear()
     Hydra.create_main_hydra2(task_name="ewcexp", config_search_path=search_path)
     try:
-        yield GlobalHydra.instance().config_loader()
+        yield JobConfigs([a for a in args if a.lstrip("+").startswith("hydra.searchpath=")])
     finally:
         GlobalHydra.instance().clear()
 
@@ -70,9 +69,7 @@ def hydra_configs(args: Sequence[str]) -> Iterator[Any]:
 CONFIG_MODULE = "pkg://ewcexp.conf"
 
 
-def unknown_group_choice(
-    overrides: Sequence[str], loader: Any, searchpath: list[str]
-) -> str | None:
+def unknown_group_choice(overrides: Sequence[str], configs: JobConfigs) -> str | None:
     """The error for a `group=option` override naming an option Hydra cannot find, or None.
 
     Hydra would catch it too, in a dozen lines; sweeps `group=a,b` are checked option by
@@ -81,24 +78,13 @@ def unknown_group_choice(
         match = SIMPLE.fullmatch(override)
         if not match or match[1] == "hydra":
             continue
-        options = group_options(loader, match[1], searchpath)
+        options = configs.options(match[1])
         if not options:
             continue  # not a group: a key
         for choice in match[2].split(","):
             if choice not in options and choice != "null":
                 return f"{match[1]}={choice} is not allowed: expected one of {', '.join(options)}"
     return None
-
-
-def group_options(loader: Any, group: str, searchpath: list[str]) -> list[str]:
-    """The options of config group `group` on the search path (none: not a group)."""
-    from hydra.core.object_type import ObjectType
-
-    return sorted(
-        loader.get_group_options(
-            group, results_filter=ObjectType.CONFIG, config_name="config", overrides=searchpath
-        )
-    )
 
 
 def added_config_dirs(overrides: Sequence[str]) -> list[Path]:
@@ -112,7 +98,7 @@ def added_config_dirs(overrides: Sequence[str]) -> list[Path]:
     return dirs
 
 
-def unknown_key(overrides: Sequence[str], loader: Any, searchpath: list[str]) -> str | None:
+def unknown_key(overrides: Sequence[str], configs: JobConfigs) -> str | None:
     """The error for a `key=value` override naming a key the config does not have, or None.
 
     Keys are looked up in the config composed with the overrides' group choices (the first of
@@ -123,18 +109,17 @@ def unknown_key(overrides: Sequence[str], loader: Any, searchpath: list[str]) ->
         match = re.fullmatch(r"([A-Za-z_][\w.]*)=(.*)", override)
         if not match or match[1] == "hydra" or match[1].startswith("hydra."):
             continue
-        if group_options(loader, match[1], searchpath):
+        if configs.options(match[1]):
             if simple := SIMPLE.fullmatch(override):
                 groups.append(f"{simple[1]}={simple[2].split(',')[0]}")
         else:
             keys.append((match[1], match[2]))
     if not keys:
         return None
-    from hydra import compose
     from omegaconf import OmegaConf
 
     try:
-        cfg = compose(config_name="config", overrides=[*groups, *searchpath])
+        cfg = configs.composition(tuple(groups))
     except Exception:  # noqa: BLE001 - whatever it is, Hydra will report it properly
         return None
     for key, value in keys:
@@ -209,7 +194,7 @@ def _given_dir(args: Sequence[str], key: str) -> str | None:
     return given[-1] if given else None
 
 
-def refused_job(args: Sequence[str], searchpath: Sequence[str] = ()) -> str | None:
+def refused_job(args: Sequence[str], configs: JobConfigs) -> str | None:
     """The error for the first job of this command that would be refused, or None.
 
     Each job's config is composed (a multirun's jobs as Hydra's basic sweeper makes them) and
@@ -220,7 +205,7 @@ def refused_job(args: Sequence[str], searchpath: Sequence[str] = ()) -> str | No
     command's values are checked, one by one, but no job folder. Whatever Hydra reports
     itself (a syntax error, `glob()`, an interpolation only a running job resolves) is left
     to it, and each job still checks its own config when it starts. Runs inside
-    `hydra_configs`; `searchpath` is the command's own `hydra.searchpath=` override."""
+    `hydra_configs`, which gives `configs`."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -248,10 +233,9 @@ def refused_job(args: Sequence[str], searchpath: Sequence[str] = ()) -> str | No
             (jobs,) = BasicSweeper.split_arguments(parsed, None)
     except HydraException:
         return None  # Hydra's own message says what is wrong
-    composed = JobConfigs(searchpath)
     for number, job in enumerate(jobs):
         try:
-            cfg = composed.of(job)
+            cfg = configs.of(job)
         except HydraException:
             return None  # Hydra reports it when it composes the job
         folder = None if searching else _job_folder(args, number)
@@ -261,37 +245,54 @@ def refused_job(args: Sequence[str], searchpath: Sequence[str] = ()) -> str | No
 
 
 class JobConfigs:
-    """The config of each job of a sweep, as Hydra composes it: the config groups the job
-    picks, composed once per distinct choice (the costly part, ~0.1 s), then the job's
-    values applied by Hydra's own override code. A 100-value λ sweep composes once."""
+    """The command's configs as Hydra composes them, with what is costly done once: the
+    options of each group (one scan of the search path), and each distinct choice of group
+    options (~0.1 s a composition); a job's values are then applied by Hydra's own override
+    code. A 100-value λ sweep composes once."""
 
     def __init__(self, searchpath: Sequence[str]) -> None:
-        self.searchpath = list(searchpath)
-        self.composed: dict[tuple[str, ...], Any] = {}
-        self.groups: dict[str, bool] = {}
-
-    def of(self, job: Sequence[str]) -> Any:
-        from hydra import compose
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra.core.global_hydra import GlobalHydra
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        parsed = OverridesParser.create().parse_overrides(list(job))
+        self.searchpath = list(searchpath)
         loader = GlobalHydra.instance().config_loader()
-        picks = tuple(o.input_line for o in parsed if self._is_group(o.key_or_group, loader))
+        # the search path with the command's hydra.searchpath, as each composition builds it
+        _, self.repository = loader._parse_overrides_and_create_caching_repo(
+            "config", self.searchpath
+        )
+        self.composed: dict[tuple[str, ...], Any] = {}
+        self.groups: dict[str, list[str]] = {}
+
+    def options(self, group: str) -> list[str]:
+        """The options of config group `group` on the search path (none: not a group)."""
+        from hydra.core.object_type import ObjectType
+
+        if group not in self.groups:
+            self.groups[group] = sorted(
+                self.repository.get_group_options(group, results_filter=ObjectType.CONFIG)
+            )
+        return self.groups[group]
+
+    def composition(self, picks: tuple[str, ...]) -> Any:
+        """The config with these group choices and nothing else (shared: copy to change it)."""
+        from hydra import compose
+
         if picks not in self.composed:
             self.composed[picks] = compose(
                 config_name="config", overrides=[*picks, *self.searchpath]
             )
-        cfg = copy.deepcopy(self.composed[picks])
+        return self.composed[picks]
+
+    def of(self, job: Sequence[str]) -> Any:
+        """Job `job`'s config: its group choices composed, then its values applied."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(job))
+        picks = tuple(o.input_line for o in parsed if self.options(o.key_or_group))
+        cfg = copy.deepcopy(self.composition(picks))
         values = [o for o in parsed if o.input_line not in picks]
         ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
         return cfg
-
-    def _is_group(self, key: str, loader: Any) -> bool:
-        if key not in self.groups:
-            self.groups[key] = bool(group_options(loader, key, self.searchpath))
-        return self.groups[key]
 
 
 def _values(override: Any) -> list[str]:

@@ -150,13 +150,13 @@ def job_status(job: Path) -> tuple[str, str]:
                 f"{where.get('what')} {where.get('value')}"
             )
         return (status, "") if status == "completed" else ("crashed", f"status {status}")
-    if error := _logged_error(job):
+    if error := logged_error(job):
         return "crashed", error
     has_checkpoint = (job / "checkpoint.pt").is_file()
     return "unfinished", "a checkpoint to resume from" if has_checkpoint else "no checkpoint"
 
 
-def _logged_error(job: Path) -> str | None:
+def logged_error(job: Path) -> str | None:
     """The first error line of the job's log (`<job>/<name>.log`, Hydra's), without its time
     stamp, or that it holds a traceback."""
     for log_file in sorted(job.glob("*.log")):
