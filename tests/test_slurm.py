@@ -168,5 +168,5 @@ def test_gpu_jobs_sent_from_a_machine_without_one_are_submitted_and_each_says_wh
     assert last.startswith(f"error: of 2 jobs in {sweep_dir}, 2 crashed (0, 1); job 0: {why}")
     assert "Traceback" not in output
     # what the jobs asked SLURM for: the GPU of device=cuda
-    submitted = next((sweep_dir / ".submitit").glob("*_submission.sh")).read_text()
+    submitted = next((sweep_dir / ".submitit").rglob("*_submission.sh")).read_text()
     assert "#SBATCH --gpus-per-node=1" in submitted
