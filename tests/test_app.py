@@ -35,6 +35,7 @@ def test_run_in_python_returns_what_the_command_writes(tmp_path, data_root):
     written = json.loads((tmp_path / "api" / "results.json").read_text())
     assert results["acc_matrix"] == written["acc_matrix"] and results["status"] == "completed"
     assert (tmp_path / "api" / ".hydra" / "config.yaml").is_file()  # as the command keeps it
+    assert "average accuracy" in (tmp_path / "api" / "ewcexp.log").read_text()
     done = run_cli(*FAST, cwd=tmp_path, data_root=data_root)
     assert done.returncode == 0, done.stderr
     command = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -48,6 +49,7 @@ def test_run_in_python_returns_what_the_command_writes(tmp_path, data_root):
         (["lambda=1,2"], "lambda=1,2 is not allowed: a sweep of values needs -m"),
         (["-m", "lambda=1"], "-m is not allowed: run() takes overrides (key=value) only"),
         (["model=mynet"], "model=mynet is not allowed: expected one of cnn, mlp, resnet18"),
+        (["hparams_search=lambda_optuna"], "hparams_search=lambda_optuna is not allowed: run()"),
     ],
 )
 def test_run_in_python_refuses_what_the_command_refuses(overrides, message, tmp_path):
@@ -182,3 +184,24 @@ def test_installed_into_a_fresh_virtual_environment(tmp_path, data_root, lab):  
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         assert json.loads((tmp_path / name / "results.json").read_text())["status"] == "completed"
+
+
+def test_run_in_python_leaves_the_callers_hydra_as_it_was(tmp_path):
+    """A notebook that composes its own configs with Hydra's API keeps doing so."""
+    from hydra import compose, initialize_config_dir
+
+    (tmp_path / "mine.yaml").write_text("answer: 42\n")
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        with pytest.raises(ConfigError):
+            ewcexp.run(["lamda=1"])
+        assert compose("mine").answer == 42
+
+
+def test_a_live_run_in_an_interpolated_folder_is_seen_before_hydra_writes(tmp_path):
+    from ewcexp.cli import hydra_configs, refused_job
+
+    args = ["seed=3", f"hydra.run.dir={tmp_path}/runs/${{seed}}"]
+    with hold(tmp_path / "runs" / "3"), hydra_configs(args) as configs:
+        assert "is in use by a live run" in refused_job(args, configs)
+    with hydra_configs(args) as configs:
+        assert refused_job(args, configs) is None

@@ -403,3 +403,20 @@ print(matplotlib.get_backend())
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "svg"
+
+
+def test_a_full_disk_leaves_no_half_file_and_says_so(tmp_path):
+    """torch.save reports a full disk as a RuntimeError naming errno 28: it becomes the
+    OSError the job turns into one line, and the partial file is gone."""
+    import errno
+
+    from ewcexp.checkpoint import write_atomically
+
+    def fill(file):
+        file.write(b"some bytes")
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos; errno 28")
+
+    with pytest.raises(OSError) as full:
+        write_atomically(tmp_path / "checkpoint.pt", fill)
+    assert full.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

@@ -461,3 +461,11 @@ def test_keys_of_others_code_are_checked_where_it_says_what_it_takes(tmp_path, m
         match=r"^model.depth=2 is not allowed: there is no such key \(theirs.net takes input_shape, out_features, width, act\)$",
     ):
         check_component("model", model_node("theirs.net", depth=2))
+
+
+@pytest.mark.parametrize("weights", ["bogus", "DEFAULT"])
+def test_weights_a_torchvision_builder_refuses_are_one_line(weights):
+    """`weights=bogus` (unknown) and `DEFAULT` (1000 ImageNet classes, not 4): its own words."""
+    node = model_node("torchvision.models.shufflenet_v2_x0_5", weights=weights)
+    with pytest.raises(ConfigError, match=f"is not allowed with weights={weights}: "):
+        build_model(node, (3, 12, 12), 4, sample=torch.zeros(2, 3, 12, 12, dtype=torch.uint8))

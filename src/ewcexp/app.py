@@ -8,6 +8,7 @@ ways: `hydra.searchpath=[file://DIR]`, `pkg://package.conf`, or `--config-dir DI
 from __future__ import annotations
 
 import atexit
+import errno
 import gc
 import sys
 from pathlib import Path
@@ -78,6 +79,13 @@ def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
             return run_experiment(cfg, output_dir, **names)
     except (ConfigError, DataUnavailable, CheckpointMismatch, RunDirInUse) as error:
         raise JobRefused(str(error)) from None
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise JobRefused(
+            f"no space left to write in {output_dir} ({error.strerror}): free some, or choose "
+            "another folder with hydra.run.dir=... (the run's last checkpoint, if any, is intact)"
+        ) from None
 
 
 def _collect_garbage_less() -> None:
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     gc.disable()  # until the first job: imports create objects that live as long as the process
     if error := command_line_problem(args):
         sys.exit(f"error: {error}")
+    SweepOutcome.failed = None
     experiment()
     if SweepOutcome.failed:
         message, only_diverged = SweepOutcome.failed

@@ -6,6 +6,7 @@ with `torch.load(weights_only=True)`, which cannot run code.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import warnings
@@ -50,10 +51,16 @@ def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     or a power cut, finds the old file or the new one, never part of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
+    try:
+        with partial.open("wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException as error:
+        partial.unlink(missing_ok=True)  # a full disk leaves no half file behind
+        if isinstance(error, RuntimeError) and "errno 28" in str(error).lower():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise  # torch.save reports a full disk as a RuntimeError naming errno 28
     os.replace(partial, path)
     folder = os.open(path.parent, os.O_RDONLY)
     try:

@@ -58,12 +58,16 @@ def hydra_configs(args: Sequence[str]) -> Iterator[JobConfigs]:
             path=f"file://{directory.resolve()}",
             anchor=SearchPathQuery(provider="schema"),
         )
-    GlobalHydra.instance().clear()
+    hydra_now = GlobalHydra.instance()
+    theirs = hydra_now.hydra if hydra_now.is_initialized() else None  # a notebook's own
+    hydra_now.clear()
     Hydra.create_main_hydra2(task_name="ewcexp", config_search_path=search_path)
     try:
         yield JobConfigs([a for a in args if a.lstrip("+").startswith("hydra.searchpath=")])
     finally:
-        GlobalHydra.instance().clear()
+        hydra_now.clear()
+        if theirs is not None:
+            hydra_now.initialize(theirs)
 
 
 CONFIG_MODULE = "pkg://ewcexp.conf"
@@ -239,6 +243,8 @@ def refused_job(args: Sequence[str], configs: JobConfigs) -> str | None:
         except HydraException:
             return None  # Hydra reports it when it composes the job
         folder = None if searching else _job_folder(args, number)
+        if folder is None and not _is_multirun(args) and _given_dir(args, "hydra.run.dir"):
+            folder = configs.run_dir([*job, f"hydra.run.dir={_given_dir(args, 'hydra.run.dir')}"])
         if problem := _job_problem(cfg, folder, job, ours):
             return problem
     return None
@@ -281,6 +287,22 @@ class JobConfigs:
                 config_name="config", overrides=[*picks, *self.searchpath]
             )
         return self.composed[picks]
+
+    def run_dir(self, overrides: Sequence[str]) -> Path | None:
+        """The run directory an interpolated `hydra.run.dir` (`runs/${seed}`) resolves to
+        for these overrides, or None where only the running job could resolve it."""
+        from hydra import compose
+        from omegaconf import OmegaConf
+
+        try:
+            cfg = compose(
+                config_name="config",
+                overrides=[*overrides, *self.searchpath],
+                return_hydra_config=True,
+            )
+            return Path(OmegaConf.select(cfg, "hydra.run.dir"))
+        except Exception:  # noqa: BLE001 - ${hydra:...} and the like: the job's own lock says
+            return None
 
     def of(self, job: Sequence[str]) -> Any:
         """Job `job`'s config: its group choices composed, then its values applied."""

@@ -72,9 +72,22 @@ def _passing_on(build: Callable[..., nn.Module], node: DictConfig, **sizes: int)
     except TypeError as error:
         refused = re.search(r"unexpected keyword argument '(\w+)'", str(error))
         if refused is None or refused[1] not in node:
-            raise
+            raise _not_built(node, error) from None
         key = refused[1]
         raise ConfigError(f"model.{key}={show(node[key])} is not allowed: {error}") from None
+    except (ValueError, KeyError, RuntimeError, OSError) as error:  # e.g. weights=bogus
+        raise _not_built(node, error) from None
+
+
+def _not_built(node: DictConfig, error: Exception) -> ConfigError:
+    """Others' code refused its arguments (a `weights` it does not know, pretrained weights
+    for another number of classes): one line with the keys given and its own words."""
+    keys = ", ".join(f"{key}={show(node[key])}" for key in node if key != "_target_")
+    why = " ".join(str(error).split()) or type(error).__name__
+    return ConfigError(
+        f"model._target_={node._target_} is not allowed with {keys or 'no keys'}: "
+        f"{type(error).__name__}: {why}"
+    )
 
 
 def _check_output(model: nn.Module, target: str, sample: Tensor, out_features: int) -> None:

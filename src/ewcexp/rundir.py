@@ -9,6 +9,7 @@ file but not the lock: flock belongs to the open file, which dies with the proce
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import tempfile
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_FILE = ".lock"
+log = logging.getLogger(__name__)
 
 
 class RunDirInUse(RuntimeError):
@@ -33,6 +35,12 @@ def hold(run_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunDirInUse(_in_use_message(run_dir, _holder(handle))) from None
+        except OSError as error:  # a file system without flock (some Lustre mounts)
+            log.warning(
+                "cannot lock %s (%s): a second run there would not be refused",
+                run_dir,
+                error.strerror,
+            )
         os.ftruncate(handle, 0)
         os.write(handle, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield
@@ -53,6 +61,8 @@ def in_use(run_dir: Path) -> str | None:
         fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return _in_use_message(run_dir, _holder(handle))
+    except OSError:
+        return None  # no flock here: the job's own `hold` warns
     finally:
         os.close(handle)
     return None

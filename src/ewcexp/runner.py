@@ -6,6 +6,7 @@ the logger, a stop, a divergence); `learn_sequence` is the loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import time
@@ -134,7 +135,9 @@ def run_experiment(
     except Exception as error:
         # the job's log says why it ended, for the report: unless the command's own one line,
         # written there too, does (a refused value, missing data, another run's checkpoint)
-        if not isinstance(error, ConfigError | DataUnavailable | checkpoint.CheckpointMismatch):
+        if not isinstance(
+            error, ConfigError | DataUnavailable | checkpoint.CheckpointMismatch
+        ) and (not isinstance(error, OSError) or error.errno not in (errno.ENOSPC, errno.EDQUOT)):
             where = "before training"
             if run is not None:
                 where = f"in task {state.tasks_done + 1}/{len(run.sequence.tasks)}"
