@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from common import machine, median_seconds, mnist_like, table
 
-from ewcexp.data import ImageData
-from ewcexp.logger import NoLogger
-from ewcexp.model import MLP
-from ewcexp.preemption import StopRequest
+from ewcexp.data.images import ImageData
+from ewcexp.data.sequences import PermutedSequence
+from ewcexp.model.networks import MLP
+from ewcexp.reporting.loggers import Logger
 from ewcexp.strategy.baselines import Finetune
-from ewcexp.task_sequence import PermutedSequence
-from ewcexp.training import TrainingLoop, training_set
+from ewcexp.training.loop import TrainingLoop, training_set
+from ewcexp.training.preemption import StopRequest
 
 BATCH = 128
 
@@ -50,7 +50,7 @@ def main() -> None:
 
     def runner_epoch() -> None:
         loop = TrainingLoop(
-            model, optimizer, Finetune(), params, NoLogger(), log_every=50, stop=StopRequest()
+            model, optimizer, Finetune(), params, Logger(), log_every=50, stop=StopRequest()
         )
         loop.run(batches, steps, BATCH, rng, task=0, first_step=0, description="epoch")
 
@@ -78,7 +78,7 @@ def main() -> None:
             [
                 ["minimal hand-written loop", f"{minimal:.2f}", "1.00"],
                 [
-                    "project runner (ewcexp.training.TrainingLoop)",
+                    "project runner (ewcexp.training.loop.TrainingLoop)",
                     f"{runner:.2f}",
                     f"{runner / minimal:.3f}",
                 ],

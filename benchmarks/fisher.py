@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from common import machine, median_seconds, mnist_like, table
 
-from ewcexp.fisher import ESTIMATORS, estimate_fisher
-from ewcexp.model import CNN, MLP
-from ewcexp.per_sample import per_sample_sum
+from ewcexp.importance.fisher import ESTIMATORS, estimate_fisher
+from ewcexp.importance.per_sample import per_sample_sum
+from ewcexp.model.networks import CNN, MLP
 
 MODELS = {
     "MLP 784-400-400-10": lambda: MLP((28, 28), 10, [400, 400]),

@@ -20,8 +20,8 @@ from pathlib import Path
 from common import machine, table
 from hydra import compose, initialize_config_dir
 
-from ewcexp.config import check_config
-from ewcexp.runner import run_experiment
+from ewcexp.config.checks import check_config
+from ewcexp.training.runner import run_experiment
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "ewcexp" / "conf"
 BASE = [

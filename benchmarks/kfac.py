@@ -21,9 +21,9 @@ from functools import partial
 import torch
 from common import machine, median_seconds, mnist_like, step_ms, table
 
-from ewcexp.fisher import Fisher
-from ewcexp.importance import TaskData
-from ewcexp.model import CNN, MLP
+from ewcexp.importance.contract import TaskData
+from ewcexp.importance.fisher import Fisher
+from ewcexp.model.networks import CNN, MLP
 from ewcexp.strategy.base import Strategy
 from ewcexp.strategy.baselines import Finetune
 from ewcexp.strategy.ewc import EWC, OnlineEWC

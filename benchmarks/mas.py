@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from common import machine, median_seconds, mnist_like, table
 from torch.func import functional_call, grad, vmap
 
-from ewcexp.importance import TaskData
-from ewcexp.model import CNN, MLP
-from ewcexp.strategy.mas import MASImportance
+from ewcexp.importance.contract import TaskData
+from ewcexp.importance.mas import MASImportance
+from ewcexp.model.networks import CNN, MLP
 
 MODELS = {
     "MLP 784-400-400-10": lambda: MLP((28, 28), 10, [400, 400]),

@@ -17,11 +17,11 @@ import time
 import torch
 from common import machine, median_seconds, mnist_like, step_ms, table
 
-from ewcexp.model import MLP
+from ewcexp.importance.penalty import gradient_buffers
+from ewcexp.model.networks import MLP
 from ewcexp.strategy.base import Strategy
 from ewcexp.strategy.baselines import Finetune
 from ewcexp.strategy.ewc import EWC, L2, EWCSum, OnlineEWC
-from ewcexp.strategy.penalty import gradient_buffers
 
 STRATEGIES = {"ewc": EWC, "ewc_sum": EWCSum, "online_ewc": OnlineEWC, "l2": L2}
 

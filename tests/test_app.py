@@ -15,8 +15,8 @@ import time
 import pytest
 
 import ewcexp
-from ewcexp.config import ConfigError
-from ewcexp.rundir import RunDirInUse, hold, in_use
+from ewcexp.config.checks import ConfigError
+from ewcexp.config.folders import RunDirInUse, hold, in_use
 from tests.conftest import REPO, TINY, run_cli
 from tests.test_own_code import lab  # noqa: F401 - the user's folder of "Your own model/data"
 
@@ -79,7 +79,7 @@ def test_a_run_directory_takes_one_live_run_and_a_killed_one_leaves_no_lock(tmp_
     assert in_use(tmp_path) is None
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from ewcexp.rundir import hold\nwith hold(Path(sys.argv[1])):\n"
+         "from ewcexp.config.folders import hold\nwith hold(Path(sys.argv[1])):\n"
          " print('held', flush=True); time.sleep(60)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -198,7 +198,7 @@ def test_run_in_python_leaves_the_callers_hydra_as_it_was(tmp_path):
 
 
 def test_a_live_run_in_an_interpolated_folder_is_seen_before_hydra_writes(tmp_path):
-    from ewcexp.cli import hydra_configs, refused_job
+    from ewcexp.app.command_line import hydra_configs, refused_job
 
     args = ["seed=3", f"hydra.run.dir={tmp_path}/runs/${{seed}}"]
     with hold(tmp_path / "runs" / "3"), hydra_configs(args) as configs:

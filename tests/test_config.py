@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ewcexp.cli import hydra_configs, unknown_group_choice, unknown_key
-from ewcexp.config import ConfigError, check_config, check_machine
-from ewcexp.task_sequence import build_sequence
+from ewcexp.app.command_line import hydra_configs, unknown_group_choice, unknown_key
+from ewcexp.config.checks import ConfigError, check_config, check_machine
+from ewcexp.data.sequences import build_sequence
 from tests.conftest import REPO, TINY, compose_config, run_cli
 
 CONF = REPO / "src" / "ewcexp" / "conf"
@@ -237,7 +237,7 @@ def test_group_options_come_from_hydras_search_path(tmp_path):
     options; without it they are refused."""
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "mynet.yaml").write_text(
-        "_target_: ewcexp.model.MLP\nhidden_sizes: [8]\n"
+        "_target_: ewcexp.model.networks.MLP\nhidden_sizes: [8]\n"
     )
     searched = f"hydra.searchpath=[file://{tmp_path}]"
     assert group_problem(["model=mynet"]).startswith("model=mynet is not allowed")
@@ -315,8 +315,8 @@ def test_the_job_folders_checked_up_front_are_those_hydra_will_use(tmp_path):
     the jobs; an interpolation only a running job resolves is no refusal."""
     import json
 
-    from ewcexp import checkpoint
-    from ewcexp.cli import refused_job as refused_in
+    from ewcexp.app.command_line import refused_job as refused_in
+    from ewcexp.training import checkpoint
 
     def refused_job(args: list[str]) -> str | None:
         with hydra_configs(args) as configs:

@@ -16,10 +16,10 @@ import torch
 from omegaconf import OmegaConf
 from torchvision import datasets
 
-from ewcexp import checkpoint
-from ewcexp.checkpoint import CheckpointDamaged, CheckpointMismatch
-from ewcexp.cli import unwritable_run_dir
-from ewcexp.data import DataUnavailable, load_images
+from ewcexp.app.command_line import unwritable_run_dir
+from ewcexp.data.images import DataUnavailable, load_images
+from ewcexp.training import checkpoint
+from ewcexp.training.checkpoint import CheckpointDamaged, CheckpointMismatch
 from tests.conftest import (
     REPO,
     TINY,
@@ -106,8 +106,8 @@ def test_a_valid_checkpoint_still_loads_and_a_missing_one_is_none(tmp_path):
 
 
 def test_resume_false_starts_over_and_replaces_a_damaged_checkpoint(tmp_path, data_root):
-    from ewcexp.config import check_config
-    from ewcexp.runner import run_experiment
+    from ewcexp.config.checks import check_config
+    from ewcexp.training.runner import run_experiment
 
     path = tmp_path / checkpoint.FILENAME
     path.write_bytes(b"garbage" * 100)

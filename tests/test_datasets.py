@@ -18,11 +18,11 @@ from torchvision import datasets
 from torchvision.transforms.v2.functional import InterpolationMode
 from torchvision.transforms.v2.functional import rotate as torchvision_rotate
 
-import ewcexp.data
-from ewcexp.config import ConfigError, check_config
-from ewcexp.data import DataUnavailable, load_images
-from ewcexp.runner import run_experiment
-from ewcexp.task_sequence import RotatedSequence, SplitSequence, rotate
+import ewcexp.data.images
+from ewcexp.config.checks import ConfigError, check_config
+from ewcexp.data.images import DataUnavailable, load_images
+from ewcexp.data.sequences import RotatedSequence, SplitSequence, rotate
+from ewcexp.training.runner import run_experiment
 from tests.conftest import (
     TINY,
     compose_config,
@@ -54,7 +54,7 @@ def cifar_root(new_data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return new_data_root
 
 
-def load(name: str, root: Path) -> ewcexp.data.ImageData:
+def load(name: str, root: Path) -> ewcexp.data.images.ImageData:
     return load_images(name, root, download=False, allow_fallback=False)
 
 
@@ -133,7 +133,7 @@ def test_each_new_sequence_has_its_documented_defaults(option):
     cfg = compose_config(f"task_sequence={option}", "seed=7")
     check_config(cfg)
     sequence = cfg.task_sequence
-    assert sequence._target_ == f"ewcexp.task_sequence.{class_name}"
+    assert sequence._target_ == f"ewcexp.data.sequences.{class_name}"
     assert sequence.dataset == dataset and sequence.num_tasks == num_tasks
     assert sequence.scenario == scenario and sequence.seed == 7
     if class_name == "SplitSequence":
@@ -338,7 +338,7 @@ def test_every_preset_runs_end_to_end(tmp_path, data_root, cifar_root, preset, t
     results = run_experiment(cfg, tmp_path)
     assert len(results["acc_matrix"]) == tasks
     assert all(len(row) == tasks for row in results["acc_matrix"])
-    assert results["config"]["model"]["_target_"] == f"ewcexp.model.{model}"
+    assert results["config"]["model"]["_target_"] == f"ewcexp.model.networks.{model}"
     assert results["fisher_estimator"] == "exact"
     padding = ", padded to 32×32" if preset == "permuted_mnist_domain" else ""
     assert results["data_source"] == f"torchvision:{root}{padding}"
@@ -399,7 +399,7 @@ def test_download_fetches_verifies_and_puts_data_where_runs_read_it(
 ):
     publish(monkeypatch, new_data_root, *mirror)
     root = tmp_path / "downloaded"
-    assert ewcexp.data.main(["download", "kmnist", "cifar10", "--root", str(root)]) == 0
+    assert ewcexp.data.images.main(["download", "kmnist", "cifar10", "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert f"kmnist: 400 train / 100 test images in {root / 'KMNIST' / 'raw'}" in out
     assert f"cifar10: 100 train / 30 test images in {root / 'cifar-10-batches-py'}" in out
@@ -413,7 +413,7 @@ def test_download_fetches_verifies_and_puts_data_where_runs_read_it(
 def test_download_root_defaults_to_EWCEXP_DATA_ROOT(tmp_path, new_data_root, mirror, monkeypatch):
     publish(monkeypatch, new_data_root, *mirror)
     monkeypatch.setenv("EWCEXP_DATA_ROOT", str(tmp_path / "from-env"))
-    assert ewcexp.data.main(["download", "kmnist"]) == 0
+    assert ewcexp.data.images.main(["download", "kmnist"]) == 0
     assert load("kmnist", tmp_path / "from-env").train_images.shape == (400, 28, 28)
 
 
@@ -425,7 +425,7 @@ def test_download_rejects_a_corrupted_file_and_fetches_it_again_later(
     for path, good in broken.items():  # cut short, as if the connection dropped halfway
         path.write_bytes(good[: len(good) // 2])
     root = tmp_path / "downloaded"
-    assert ewcexp.data.main(["download", "kmnist", "cifar10", "--root", str(root)]) == 1
+    assert ewcexp.data.images.main(["download", "kmnist", "cifar10", "--root", str(root)]) == 1
     err = capsys.readouterr().err  # torchvision's progress bars, then one line per dataset
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 2
@@ -438,13 +438,13 @@ def test_download_rejects_a_corrupted_file_and_fetches_it_again_later(
 
     for path, good in broken.items():  # the hosts serve whole files again
         path.write_bytes(good)
-    assert ewcexp.data.main(["download", "kmnist", "cifar10", "--root", str(root)]) == 0
+    assert ewcexp.data.images.main(["download", "kmnist", "cifar10", "--root", str(root)]) == 0
     for name in ("kmnist", "cifar10"):
         assert torch.equal(load(name, root).train_labels, load(name, new_data_root).train_labels)
 
 
 def test_download_of_an_unknown_name_is_one_line_listing_the_names(tmp_path, capsys):
-    assert ewcexp.data.main(["download", "kmnist", "imagenet", "--root", str(tmp_path)]) == 2
+    assert ewcexp.data.images.main(["download", "kmnist", "imagenet", "--root", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == (
         "error: unknown dataset imagenet: expected one or more of "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ewcexp import report
+from ewcexp.reporting import report
 from tests.conftest import REPO, TINY, compose_config, read_wandb_run, run_cli
 
 # the issue's commands: plain SGD at a learning rate no network survives
@@ -118,7 +118,7 @@ def test_a_penalty_that_is_not_finite_is_a_divergence_and_run_experiment_returns
 ):
     """λ = 1e308 makes EWC's stiffness λ·F infinite: at the first step of task 2 the penalty
     (0 · ∞ at the anchor) is NaN. `run_experiment` returns the diverged results, no exit."""
-    from ewcexp.runner import run_experiment
+    from ewcexp.training.runner import run_experiment
 
     cfg = compose_config(*TINY, f"data.root={data_root}", "strategy=ewc", "lambda=1e308")
     with caplog.at_level(logging.ERROR, logger="ewcexp"):
@@ -170,7 +170,7 @@ def test_metrics_file_keeps_what_the_checkpoint_saw_and_only_whole_lines(tmp_pat
     """A resumed run cuts metrics.jsonl back to the checkpoint's position, so the events
     logged after it (and lost from the state) are not there twice; a line cut short by a
     crash is dropped."""
-    from ewcexp.logger import MetricsFile
+    from ewcexp.reporting.loggers import MetricsFile
 
     first = MetricsFile(tmp_path)
     first.log_training({"train/step": 0, "train/loss": 2.0})
@@ -200,7 +200,7 @@ def test_metrics_file_of_a_resumed_run_is_that_of_an_uninterrupted_one(tmp_path,
     assert done.returncode == 0, done.stderr[-2000:]
     run_dir = tmp_path / "parts" / "run"
     for signum, call in ((signal.SIGKILL, 70), (signal.SIGTERM, 15)):
-        where = "ewcexp.training.active_cross_entropy"
+        where = "ewcexp.training.loop.active_cross_entropy"
         stopped = killed_run(where, call, run_dir, data_root, signum, "train.log_every=5")
         assert stopped.returncode != 0 and not (run_dir / "results.json").exists()
     resumed = run_cli(*ARGS, "train.log_every=5", cwd=tmp_path / "parts", data_root=data_root)
@@ -242,7 +242,7 @@ class CrashingLogger:
 def test_a_crash_is_one_line_in_the_job_log_and_the_report_says_so(tmp_path, data_root):
     """Anything else raised: the job's log file says where and what (the terminal has the
     traceback already), nothing is half-written, and the report marks the job crashed."""
-    from ewcexp.runner import run_experiment
+    from ewcexp.training.runner import run_experiment
 
     cfg = compose_config(
         *TINY, f"data.root={data_root}", "logger._target_=tests.test_failures.CrashingLogger"
@@ -269,8 +269,8 @@ def test_files_are_flushed_to_disk_before_and_after_the_rename(tmp_path, monkeyp
     the old one, and the rename itself after, so a power cut leaves one or the other."""
     import torch
 
-    from ewcexp import checkpoint
-    from ewcexp.results import write_json_atomically
+    from ewcexp.reporting.files import write_json_atomically
+    from ewcexp.training import checkpoint
 
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -316,7 +316,7 @@ def completed(strength: float, accuracy: float, **extra) -> dict:
 
 
 def test_report_marks_every_job_that_did_not_complete_and_averages_none(tmp_path, capsys):
-    info = "[2026-01-01 00:00:00,000][ewcexp.runner][INFO] - task 1/3 (permutation 0): loss 1\n"
+    info = "[2026-01-01 00:00:00,000][ewcexp.training.runner][INFO] - task 1/3 (permutation 0): loss 1\n"
     jobs = {
         write_job(tmp_path, "0", ["lambda=1"], completed(1, 0.8)): "completed",  # no status: old
         write_job(tmp_path, "1", ["lambda=10"], completed(10, 0.9, status="completed")): "completed",
@@ -326,7 +326,7 @@ def test_report_marks_every_job_that_did_not_complete_and_averages_none(tmp_path
         ): "diverged",
         write_job(
             tmp_path, "3", ["lambda=100"],
-            log=info + "[2026-01-01 00:00:01,000][ewcexp.runner][ERROR] - error: the run crashed in task 1/3: RuntimeError: boom\n",
+            log=info + "[2026-01-01 00:00:01,000][ewcexp.training.runner][ERROR] - error: the run crashed in task 1/3: RuntimeError: boom\n",
         ): "crashed",
         write_job(tmp_path, "4", ["lambda=3"], log="Traceback (most recent call last):\n"): "crashed",
         write_job(tmp_path, "5", ["lambda=30"], log=info, checkpoint=True): "unfinished",
@@ -389,7 +389,7 @@ def test_drawing_a_figure_leaves_the_matplotlib_backend_alone():
 import sys, tempfile, pathlib
 import matplotlib
 matplotlib.use("svg")
-from ewcexp import plots
+from ewcexp.reporting import figures as plots
 out = pathlib.Path(tempfile.mkdtemp())
 plots.accuracy_heatmap([[0.9, 0.1], [0.8, 0.85]], "t", out / "m.png")
 plots.accuracy_curves([[0.9, 0.1], [0.8, 0.85]], "t", out / "c.png")
@@ -410,7 +410,7 @@ def test_a_full_disk_leaves_no_half_file_and_says_so(tmp_path):
     OSError the job turns into one line, and the partial file is gone."""
     import errno
 
-    from ewcexp.checkpoint import write_atomically
+    from ewcexp.reporting.files import write_atomically
 
     def fill(file):
         file.write(b"some bytes")

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ewcexp.fisher import ESTIMATORS, _signals, estimate_fisher, signal_count
-from ewcexp.model import CNN, MLP
-from ewcexp.per_sample import FLOATS_PER_CHUNK
-from ewcexp.per_sample import plan_for as _plan
+from ewcexp.importance.fisher import ESTIMATORS, _signals, estimate_fisher, signal_count
+from ewcexp.importance.per_sample import FLOATS_PER_CHUNK
+from ewcexp.importance.per_sample import plan_for as _plan
+from ewcexp.model.networks import CNN, MLP
 
 
 def brute_force_fisher(model, images, labels, estimator, active, generator=None, batch_size=None):

@@ -10,8 +10,14 @@ from itertools import product
 import pytest
 import torch
 
-from ewcexp.continual import stability_gaps
-from ewcexp.diagnostics import average_ranks, compare, fisher_overlap, overlap_matrix, spearman
+from ewcexp.importance.diagnostics import (
+    average_ranks,
+    compare,
+    fisher_overlap,
+    overlap_matrix,
+    spearman,
+)
+from ewcexp.reporting.continual import stability_gaps
 from tests.conftest import TINY, read_wandb_run, run_cli
 
 
@@ -131,7 +137,7 @@ def test_eval_every_and_diagnostics_leave_curves_diagnostics_and_overlaps_not_ot
 def test_no_dip_recovers_in_zero_steps_and_a_task_without_evaluations_is_drawn(tmp_path):
     """eval_every longer than a task leaves some tasks without a point: the gaps skip them,
     the figure still draws."""
-    from ewcexp.plots import continual_curves
+    from ewcexp.reporting.figures import continual_curves
 
     points = [
         {"step": 40, "task": 1, "task_step": 40, "acc": [0.8]},

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ewcexp import kfac
-from ewcexp.fisher import _signals, signal_count
-from ewcexp.kfac import add_gram, homogeneous, kronecker_factors, mirrored
+from ewcexp.importance import kfac
+from ewcexp.importance.fisher import _signals, signal_count
+from ewcexp.importance.kfac import add_gram, homogeneous, kronecker_factors, mirrored
 
 
 def signals(estimator, labels, generator=None):
@@ -191,7 +191,7 @@ def random_spd(size, generator):
 def kfac_tasks(generator, num_tasks, damping=0.0):
     """A conv (with bias), a bias-free Linear, a plain Linear and a BatchNorm-like vector;
     per task a KroneckerImportance (damped by `damping`) and an anchor."""
-    from ewcexp.kfac import Factors, KroneckerImportance
+    from ewcexp.importance.kfac import Factors, KroneckerImportance
 
     shapes = [(3, 2, 2, 2), (3,), (4, 3), (5, 4), (5,), (6,)]
     tasks = []
@@ -257,7 +257,7 @@ def nearest_by_svd(dense, m, n):
 
 
 def test_nearest_kronecker_product_is_the_leading_singular_pair_and_exact_when_factors_agree():
-    from ewcexp.kfac import nearest_kronecker
+    from ewcexp.importance.kfac import nearest_kronecker
 
     generator = torch.Generator().manual_seed(3)
     pairs = [(random_spd(3, generator), random_spd(4, generator)) for _ in range(3)]
@@ -312,7 +312,7 @@ def test_online_kronecker_penalty_is_the_nearest_kronecker_product_of_the_decaye
 
 
 def test_exact_merging_refuses_kronecker_blocks_in_one_line_before_anything_loads():
-    from ewcexp.config import ConfigError, check_config
+    from ewcexp.config.checks import ConfigError, check_config
     from tests.conftest import compose_config
 
     for strategy in ("ewc_sum", "online_ewc", "l2", "mas"):
@@ -338,8 +338,8 @@ def test_fisher_settings_a_run_does_not_use_are_warned_about_not_refused(
     fisher.structure=kfac`), so they are no error; but the run's log says they change nothing."""
     import logging
 
-    from ewcexp.config import check_config
-    from ewcexp.runner import prepare, settings_without_effect
+    from ewcexp.config.checks import check_config, settings_without_effect
+    from ewcexp.training.runner import prepare
     from tests.conftest import TINY, compose_config
 
     assert settings_without_effect(compose_config("strategy=si", "fisher.structure=kfac")) == [
@@ -418,7 +418,7 @@ def test_kfac_ewc_runs_on_the_mlp_and_the_cnn_and_resumes_to_the_same_numbers(tm
         )
     run_dir = tmp_path / "cut" / "run"
     cut = subprocess.run(
-        [sys.executable, "-c", KILLER, "ewcexp.training.active_cross_entropy", str(30 + 12), "SIGTERM",
+        [sys.executable, "-c", KILLER, "ewcexp.training.loop.active_cross_entropy", str(30 + 12), "SIGTERM",
          str(REPO / "run.py"), *common, f"data.root={data_root}", f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

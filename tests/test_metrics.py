@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ewcexp.metrics import average_accuracy, backward_transfer, forgetting
+from ewcexp.reporting.metrics import average_accuracy, backward_transfer, forgetting
 
 # R[i][j]: accuracy on task j after training through task i (upper triangle: not yet learned)
 R = torch.tensor(

@@ -10,9 +10,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from ewcexp.fisher import estimate_fisher
-from ewcexp.model import ResNet18
-from ewcexp.per_sample import plan_for as _plan
+from ewcexp.importance.fisher import estimate_fisher
+from ewcexp.importance.per_sample import plan_for as _plan
+from ewcexp.model.networks import ResNet18
 from tests.test_fisher import brute_force_fisher
 
 CONFIG = Path(__file__).resolve().parents[1] / "src" / "ewcexp" / "conf" / "model" / "resnet18.yaml"

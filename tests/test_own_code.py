@@ -18,8 +18,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ewcexp.config import ConfigError, check_component
-from ewcexp.data import (
+from ewcexp.config.checks import ConfigError, check_component
+from ewcexp.data.images import (
     DataUnavailable,
     ImageData,
     as_image_data,
@@ -27,8 +27,8 @@ from ewcexp.data import (
     load_images,
     tensor_file,
 )
-from ewcexp.model import FloatImages, build_model
-from ewcexp.task_sequence import PermutedSequence, RotatedSequence, SplitSequence
+from ewcexp.data.sequences import PermutedSequence, RotatedSequence, SplitSequence
+from ewcexp.model.networks import FloatImages, build_model
 from tests.conftest import REPO
 
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (210, 210, 30)]
@@ -201,7 +201,7 @@ def test_torchvision_architecture_by_name_on_a_rotated_image_folder(lab):
         lab,
         "model=shufflenet",
         "task_sequence=rotated_mnist",
-        f"task_sequence.dataset={{_target_:ewcexp.data.image_folder,path:{lab / 'flat'}}}",
+        f"task_sequence.dataset={{_target_:ewcexp.data.images.image_folder,path:{lab / 'flat'}}}",
         "task_sequence.num_tasks=2",
         "task_sequence.max_angle=90",
         f"hydra.run.dir={lab}/rotated",

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ewcexp.config import ConfigError, check_config
-from ewcexp.data import ImageData, load_images
-from ewcexp.seeding import STREAMS, generator, stream_seed
-from ewcexp.task_sequence import PermutedSequence, SplitSequence, padded
+from ewcexp.config.checks import ConfigError, check_config
+from ewcexp.config.seeds import STREAMS, generator, stream_seed
+from ewcexp.data.images import ImageData, load_images
+from ewcexp.data.sequences import PermutedSequence, SplitSequence, padded
 from tests.conftest import TINY, compose_config, run_cli
 from tests.test_resume import INTERRUPTIONS, killed_run, metrics
 
@@ -35,7 +35,7 @@ def test_each_purpose_draws_its_own_stream_the_same_for_the_same_seed():
 
 
 def experiment(tmp_path, data_root, *overrides):
-    from ewcexp.runner import run_experiment
+    from ewcexp.training.runner import run_experiment
 
     cfg = compose_config(*TINY, f"data.root={data_root}", *overrides)
     check_config(cfg)
@@ -47,9 +47,9 @@ def test_task_ones_fisher_samples_are_not_its_first_batch(tmp_path, data_root):
     the same permutation: the Fisher saw exactly the first batch's images. The run's two
     generators now draw different ones: the first batch the training loop takes and the
     samples the Fisher draws (through the objects the runner uses) share few images."""
-    from ewcexp.importance import TaskData
-    from ewcexp.runner import prepare
-    from ewcexp.training import batch_indices
+    from ewcexp.importance.contract import TaskData
+    from ewcexp.training.loop import batch_indices
+    from ewcexp.training.runner import prepare
 
     cfg = compose_config(*TINY, f"data.root={data_root}", "resume=false")
     run, state, _ = prepare(cfg, {}, tmp_path)
@@ -143,7 +143,7 @@ def test_epochs_mode_trains_each_task_for_whole_passes_over_its_data(tmp_path, d
     last short batch included), counted by Adam's step carried across tasks."""
     import math
 
-    from ewcexp.runner import prepare
+    from ewcexp.training.runner import prepare
 
     options = [
         "task_sequence=split_mnist", "train.iterations=null", "train.epochs=2",
@@ -191,7 +191,7 @@ def killed_args() -> list[str]:
 
 
 def test_resnet_standardises_pixels_per_channel_when_given_a_mean_and_std():
-    from ewcexp.model import ResNet18
+    from ewcexp.model.networks import ResNet18
 
     torch.manual_seed(0)
     standardised = ResNet18(
@@ -214,7 +214,7 @@ def test_resnet_standardises_pixels_per_channel_when_given_a_mean_and_std():
 
 
 def test_all_classes_active_from_the_first_task_in_the_class_scenario(tmp_path, data_root):
-    from ewcexp.task_sequence import Scenario
+    from ewcexp.data.sequences import Scenario
 
     seen, every = Scenario("class", 5, 2), Scenario("class", 5, 2, all_classes_active=True)
     assert (seen.active(0, 0), every.active(0, 0)) == (slice(0, 2), slice(0, 10))
@@ -225,8 +225,8 @@ def test_all_classes_active_from_the_first_task_in_the_class_scenario(tmp_path, 
     assert wide["config"]["task_sequence"]["active_classes"] == "all"
     # the loop's first task, through the objects the runner builds: its loss spans units
     # 0-1, or all six units of the three tasks
-    from ewcexp.runner import prepare
-    from ewcexp.training import training_set
+    from ewcexp.training.loop import training_set
+    from ewcexp.training.runner import prepare
 
     for option, units in (("seen", 2), ("all", 6)):
         cfg = compose_config(
@@ -238,8 +238,8 @@ def test_all_classes_active_from_the_first_task_in_the_class_scenario(tmp_path, 
 
 
 def test_first_unpermuted_keeps_task_one_and_draws_the_rest_alike(data_root):
-    from ewcexp.data import load_images
-    from ewcexp.task_sequence import PermutedSequence
+    from ewcexp.data.images import load_images
+    from ewcexp.data.sequences import PermutedSequence
 
     images = load_images("mnist", str(data_root), download=False)
     plain = PermutedSequence("mnist", images, 3, "domain", seed=4)
@@ -267,7 +267,7 @@ def test_a_standardisation_that_does_not_fit_the_images_is_one_line(tmp_path, da
 
 
 def test_resnet_stem_bias_and_last_relu_as_the_reference_builds_them():
-    from ewcexp.model import ResNet18
+    from ewcexp.model.networks import ResNet18
 
     torch.manual_seed(0)
     ours = ResNet18((3, 32, 32), 4, width=4)

@@ -12,9 +12,10 @@ import sys
 import pytest
 import torch
 
-from ewcexp.importance import TaskData
+from ewcexp.importance.contract import TaskData
+from ewcexp.importance.mas import MASImportance
 from ewcexp.strategy.ewcpp import EWCPlusPlus
-from ewcexp.strategy.mas import MAS, MASImportance
+from ewcexp.strategy.mas import MAS
 from ewcexp.strategy.si import SI
 from tests.conftest import REPO, TINY, read_wandb_run, run_cli
 from tests.test_fisher import models, warm_batchnorm
@@ -252,7 +253,7 @@ def test_killed_mid_task_resumes_to_the_uninterrupted_numbers(
     run_dir = tmp_path / "cut" / "run"
     for signum, when in ((signal.SIGTERM, 30 + 12), (signal.SIGKILL, 12)):
         cut = subprocess.run(
-            [sys.executable, "-c", KILLER, "ewcexp.training.active_cross_entropy", str(when),
+            [sys.executable, "-c", KILLER, "ewcexp.training.loop.active_cross_entropy", str(when),
              signum.name, str(REPO / "run.py"), *args, f"hydra.run.dir={run_dir}"],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip

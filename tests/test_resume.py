@@ -84,10 +84,25 @@ def uninterrupted(tmp_path_factory, data_root) -> dict:
 # (what interrupts it, at which call of which runner function, the checkpoint it leaves:
 # tasks done and steps of the next task done), one after another on the same run directory
 INTERRUPTIONS = [
-    ("ewcexp.fisher.estimate_fisher", 2, signal.SIGKILL, (1, 0)),  # node failure, task 2's Fisher
-    ("ewcexp.training.active_cross_entropy", 40, signal.SIGTERM, (2, 10)),  # preempted mid-task 3
-    ("ewcexp.training.active_cross_entropy", 10, signal.SIGKILL, (2, 10)),  # after that save
-    ("ewcexp.fisher.estimate_fisher", 1, signal.SIGUSR2, (3, 0)),  # time limit during a Fisher
+    (
+        "ewcexp.importance.fisher.estimate_fisher",
+        2,
+        signal.SIGKILL,
+        (1, 0),
+    ),  # node failure, task 2's Fisher
+    (
+        "ewcexp.training.loop.active_cross_entropy",
+        40,
+        signal.SIGTERM,
+        (2, 10),
+    ),  # preempted mid-task 3
+    ("ewcexp.training.loop.active_cross_entropy", 10, signal.SIGKILL, (2, 10)),  # after that save
+    (
+        "ewcexp.importance.fisher.estimate_fisher",
+        1,
+        signal.SIGUSR2,
+        (3, 0),
+    ),  # time limit during a Fisher
 ]
 
 
@@ -126,7 +141,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, data_root):
     import torch
     from omegaconf import OmegaConf
 
-    from ewcexp.checkpoint import CheckpointMismatch, load, save
+    from ewcexp.training.checkpoint import CheckpointMismatch, load, save
     from tests.conftest import compose_config
 
     config = OmegaConf.to_container(compose_config(*ARGS, f"data.root={data_root}"), resolve=True)
@@ -151,7 +166,7 @@ def test_stop_request_defers_the_signal_then_hands_it_to_the_previous_handler(si
     signal the README names (preemption, USR1 from your own sbatch script, the time limit's warning)."""
     import os
 
-    from ewcexp.preemption import StopRequest
+    from ewcexp.training.preemption import StopRequest
 
     received = []
     original = signal.signal(signum, lambda got, frame: received.append(got))

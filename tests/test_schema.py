@@ -10,9 +10,15 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from ewcexp.config import HYDRA_KEYS, ConfigError, check_config, declared_keys, show
-from ewcexp.runner import TOP_LEVEL_KEYS
-from ewcexp.schema import Range, Rule, allowed
+from ewcexp.config.checks import (
+    HYDRA_KEYS,
+    TOP_LEVEL_KEYS,
+    ConfigError,
+    check_config,
+    declared_keys,
+    show,
+)
+from ewcexp.config.schema import Range, Rule, allowed
 from tests.conftest import REPO, compose_config
 
 CONF = REPO / "src" / "ewcexp" / "conf"

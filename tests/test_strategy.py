@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ewcexp.importance.penalty import QuadraticPenalty
 from ewcexp.strategy.baselines import Finetune, Joint
 from ewcexp.strategy.ewc import EWC, L2, EWCSum, OnlineEWC
-from ewcexp.strategy.penalty import QuadraticPenalty
 
 SHAPES = [(4, 3), (3,), (2, 4)]
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from ewcexp import report
-from ewcexp.config import check_config
+from ewcexp.config.checks import check_config
+from ewcexp.reporting import report
 from tests.conftest import REPO, TINY, compose_config, read_wandb_run, run_cli
 
 SWEEP_FILES = sorted((REPO / "sweeps").glob("*.yaml"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ewcexp.data import load_images
-from ewcexp.task_sequence import PermutedSequence, Scenario, SplitSequence
+from ewcexp.data.images import load_images
+from ewcexp.data.sequences import PermutedSequence, Scenario, SplitSequence
 
 
 def mnist(root):
@@ -50,7 +50,7 @@ def test_scenarios_place_heads_and_active_units():
 
 
 def test_active_cross_entropy_slices_or_masks_to_the_same_loss():
-    from ewcexp.training import active_cross_entropy
+    from ewcexp.training.loop import active_cross_entropy
 
     logits, targets = torch.randn(6, 10), torch.tensor([4, 5, 4, 5, 5, 4])
     lo, hi = torch.full((6,), 4), torch.full((6,), 6)

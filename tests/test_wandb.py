@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ewcexp.runner import run_experiment
+from ewcexp.training.runner import run_experiment
 from tests.conftest import TINY, compose_config, read_wandb_run, run_cli
 
 WITH_WANDB = [o for o in TINY if o != "logger=none"]

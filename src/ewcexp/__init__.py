@@ -5,7 +5,7 @@
 
 from importlib.metadata import version
 
-from ewcexp.api import run
+from ewcexp.app.api import run
 
 __version__ = version("ewcexp")
 __all__ = ["__version__", "run"]

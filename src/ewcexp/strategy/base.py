@@ -6,10 +6,10 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ewcexp.importance import ImportanceEstimator, TaskData
-from ewcexp.schema import NonNegativeFloat
-from ewcexp.strategy.penalty import QuadraticPenalty, Tensors
-from ewcexp.task_sequence import Task
+from ewcexp.config.schema import NonNegativeFloat
+from ewcexp.data.sequences import Task
+from ewcexp.importance.contract import ImportanceEstimator, TaskData
+from ewcexp.importance.penalty import QuadraticPenalty, Tensors
 
 
 class Strategy:

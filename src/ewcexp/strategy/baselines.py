@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from ewcexp.data.sequences import Task
 from ewcexp.strategy.base import Strategy
-from ewcexp.task_sequence import Task
 
 
 class Finetune(Strategy):

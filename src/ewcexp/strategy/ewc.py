@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from ewcexp.importance import ImportanceEstimator
-from ewcexp.kfac import KroneckerImportance
-from ewcexp.schema import Fraction, NonNegativeFloat
+from ewcexp.config.schema import Fraction, NonNegativeFloat
+from ewcexp.importance.contract import ImportanceEstimator
+from ewcexp.importance.kfac import KroneckerImportance
+from ewcexp.importance.penalty import Tensors, snapshot
 from ewcexp.strategy.base import PenaltyStrategy
-from ewcexp.strategy.penalty import Tensors, snapshot
 
 
 def diagonal_only(path: str, importance: dict | None = None, **_: object) -> str | None:

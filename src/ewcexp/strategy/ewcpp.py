@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ewcexp.importance import TaskData
-from ewcexp.schema import Fraction, NonNegativeFloat, PositiveInt
+from ewcexp.config.schema import Fraction, NonNegativeFloat, PositiveInt
+from ewcexp.importance.contract import TaskData
+from ewcexp.importance.penalty import Tensors, snapshot
 from ewcexp.strategy.base import PenaltyStrategy
-from ewcexp.strategy.penalty import Tensors, snapshot
 
 
 class EWCPlusPlus(PenaltyStrategy):

@@ -1,56 +1,13 @@
-"""Memory Aware Synapses (Aljundi et al. 2018): importance from how much each parameter
-moves the network's output, measured without labels, on the shared penalty core.
-
-    Ω_i = (1/N) Σ_n |∂‖f(x_n)‖²₂ / ∂θ_i|        f: the logits of the task's active units
-
-accumulated (summed) over tasks, with the penalty (λ/2)·Σ_i Ω_i (θ_i − θ*_i)² around the
+"""Memory Aware Synapses (Aljundi et al. 2018) as a strategy: the importances of the tasks
+(`ewcexp.importance.mas`) summed, with the penalty (λ/2)·Σ_i Ω_i (θ_i − θ*_i)² around the
 latest parameters. The paper writes λ_MAS·Σ Ω (θ − θ*)² (no ½): its λ_MAS is our λ/2.
-
-∂‖f‖²/∂θ is the gradient of s · f with the backward signal s = 2f, so the per-sample engine
-that computes the Fisher's squares computes these absolute values too: for a Linear layer
-|δ_n a_nᵀ| = |δ_n| |a_n|ᵀ, so the sum over samples is one matmul, |δ|ᵀ|a|.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
-from torch import Tensor, nn
-
-from ewcexp.importance import ImportanceEstimator, SampleCount, TaskData
-from ewcexp.per_sample import per_sample_sum
-from ewcexp.schema import NonNegativeFloat, PositiveInt
+from ewcexp.config.schema import NonNegativeFloat
+from ewcexp.importance.contract import ImportanceEstimator
 from ewcexp.strategy.ewc import OnlineEWC
-
-
-@dataclass(frozen=True)
-class MASImportance:
-    """Mean absolute gradient of the squared L2 norm of the active logits, over `num_samples`
-    of the task's training samples (-1: all); labels are not used. `chunk_size`: samples held
-    at once (memory only)."""
-
-    num_samples: SampleCount = -1
-    chunk_size: PositiveInt = 256
-    kind: ClassVar[str] = "mas"
-    name: ClassVar[str] = "mas"
-
-    def __call__(self, model: nn.Module, data: TaskData) -> list[Tensor]:
-        images, _ = data.subset(self.num_samples)
-
-        def signals_for(logits: Tensor, rows: slice) -> Tensor:
-            return 2 * logits[None]  # ∂‖f‖²/∂f
-
-        total = per_sample_sum(
-            model,
-            images,
-            signals_for,
-            active=data.active,
-            signals_per_sample=1,
-            power=1,
-            chunk_size=self.chunk_size,
-        )
-        return [t / len(images) for t in total]
 
 
 class MAS(OnlineEWC):

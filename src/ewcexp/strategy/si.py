@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ewcexp.importance import TaskData
-from ewcexp.schema import NonNegativeFloat, PositiveFloat
+from ewcexp.config.schema import NonNegativeFloat, PositiveFloat
+from ewcexp.importance.contract import TaskData
+from ewcexp.importance.penalty import DiagonalTerm, Tensors, snapshot
 from ewcexp.strategy.base import PenaltyStrategy
-from ewcexp.strategy.penalty import DiagonalTerm, Tensors, snapshot
 
 
 class SI(PenaltyStrategy):

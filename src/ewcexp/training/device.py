@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from ewcexp.schema import NonNegativeInt
+from ewcexp.config.schema import NonNegativeInt
 
 
 @dataclass(frozen=True)

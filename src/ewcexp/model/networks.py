@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewcexp.config import ConfigError, show, takes_any_keyword
-from ewcexp.schema import PositiveFloat, PositiveInt
+from ewcexp.config.checks import ConfigError, show, takes_any_keyword
+from ewcexp.config.schema import PositiveFloat, PositiveInt
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

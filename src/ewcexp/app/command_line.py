@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ewcexp.rundir import cannot_write
+from ewcexp.config.folders import cannot_write
 
 SIMPLE = re.compile(r"([A-Za-z_][\w/]*)=([\w.\-]+(?:,[\w.\-]+)*)")  # group=a or group=a,b
 # flags after which Hydra prints something and runs nothing, or loads another primary config
@@ -352,9 +352,9 @@ def _job_problem(
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from ewcexp import checkpoint
-    from ewcexp.config import ConfigError, check_config
-    from ewcexp.rundir import in_use
+    from ewcexp.config.checks import ConfigError, check_config
+    from ewcexp.config.folders import in_use
+    from ewcexp.training import checkpoint
 
     try:
         check_config(cfg)

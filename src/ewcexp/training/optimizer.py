@@ -14,7 +14,7 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from ewcexp.schema import NonNegativeFloat, PositiveFloat, Range
+from ewcexp.config.schema import NonNegativeFloat, PositiveFloat, Range
 
 Beta = Annotated[float, Range(ge=0, lt=1)]
 

@@ -21,19 +21,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from ewcexp import checkpoint
-from ewcexp.config import ConfigError, declared_keys
-from ewcexp.data import DataUnavailable
-from ewcexp.diagnostics import estimator_diagnostics
-from ewcexp.evaluation import accuracy
-from ewcexp.fisher import ESTIMATORS, Fisher, estimate_fisher
-from ewcexp.importance import TaskData, diagonal_of
-from ewcexp.joblog import to_log_files
-from ewcexp.logger import MetricsFile, NoLogger, Tee
-from ewcexp.metrics import average_accuracy
-from ewcexp.model import build_model
-from ewcexp.preemption import StopRequest
-from ewcexp.results import (
+from ewcexp.config.checks import ConfigError, settings_without_effect
+from ewcexp.config.seeds import generator, stream_seed
+from ewcexp.data.images import DataUnavailable
+from ewcexp.data.sequences import TaskSequence, build_sequence
+from ewcexp.importance.contract import TaskData, diagonal_of
+from ewcexp.importance.diagnostics import estimator_diagnostics
+from ewcexp.importance.fisher import ESTIMATORS, Fisher, estimate_fisher
+from ewcexp.model.networks import build_model
+from ewcexp.reporting.files import write_json_atomically
+from ewcexp.reporting.joblog import to_log_files
+from ewcexp.reporting.loggers import Logger, MetricsFile, Tee
+from ewcexp.reporting.metrics import average_accuracy
+from ewcexp.reporting.record import Record
+from ewcexp.reporting.results import (
     format_report,
     record_diagnostics,
     record_importance,
@@ -41,48 +42,21 @@ from ewcexp.results import (
     save_figures,
     summarize,
     task_metrics,
-    write_json_atomically,
 )
-from ewcexp.run_state import LoopState, Record
-from ewcexp.schema import NonNegativeFloat, NonNegativeInt
-from ewcexp.seeding import generator, stream_seed
 from ewcexp.strategy.base import Strategy
-from ewcexp.task_sequence import TaskSequence, build_sequence
-from ewcexp.training import Diverged, TrainingLoop, TrainSettings, first_non_finite, training_set
+from ewcexp.training import checkpoint
+from ewcexp.training.evaluation import accuracy
+from ewcexp.training.loop import (
+    Diverged,
+    TrainingLoop,
+    TrainSettings,
+    first_non_finite,
+    training_set,
+)
+from ewcexp.training.preemption import StopRequest
+from ewcexp.training.state import LoopState
 
 log = logging.getLogger(__name__)
-
-# the config's keys outside any component (conf/config.yaml); every other key is declared by
-# the code its section's _target_ names
-TOP_LEVEL_KEYS: dict[str, Any] = {
-    "seed": NonNegativeInt,
-    "resume": bool,  # continue from <run dir>/checkpoint.pt if an earlier run there stopped
-    "lambda": NonNegativeFloat,  # λ of every penalty strategy (their `strength: ${lambda}`)
-}
-
-
-def settings_without_effect(cfg: DictConfig) -> list[str]:
-    """Settings this run will not use, to warn about rather than refuse (a sweep such as
-    `-m strategy=finetune,si,ewc fisher.structure=kfac` shares them across strategies): the
-    fisher section's structure with a strategy that never consolidates with its Fisher, and
-    damping, which only the Kronecker factors take."""
-    unused = []
-    importance = cfg.strategy.get("importance")
-    uses_fisher = isinstance(importance, DictConfig) and importance.get("_target_") == (
-        cfg.fisher._target_
-    )
-    if cfg.fisher.get("structure", "diagonal") != "diagonal" and not uses_fisher:
-        strategy = getattr(declared_keys(cfg.strategy._target_)[0], "name", cfg.strategy._target_)
-        unused.append(
-            f"fisher.structure={cfg.fisher.structure} has no effect with strategy={strategy}: "
-            "it does not consolidate with the fisher section's Fisher"
-        )
-    if cfg.fisher.get("damping") and cfg.fisher.get("structure", "diagonal") == "diagonal":
-        unused.append(
-            f"fisher.damping={cfg.fisher.damping:g} has no effect with "
-            "fisher.structure=diagonal: it damps the Kronecker factors only"
-        )
-    return unused
 
 
 @dataclass
@@ -95,7 +69,7 @@ class Run:
     model: nn.Module
     strategy: Strategy
     optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]
-    logger: NoLogger
+    logger: Logger
     device: torch.device
     output_dir: Path
     record: Record

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewcexp.importance import SampleCount, TaskData
-from ewcexp.kfac import KroneckerImportance, kronecker_factors
-from ewcexp.per_sample import per_sample_sum
-from ewcexp.schema import NonNegativeFloat, PositiveInt
+from ewcexp.config.schema import NonNegativeFloat, PositiveInt
+from ewcexp.importance.contract import SampleCount, TaskData
+from ewcexp.importance.kfac import KroneckerImportance, kronecker_factors
+from ewcexp.importance.per_sample import per_sample_sum
 
 Estimator = Literal["exact", "sample", "empirical", "batched"]
 ESTIMATORS: tuple[str, ...] = get_args(Estimator)

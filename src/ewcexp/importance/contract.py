@@ -20,8 +20,8 @@ from typing import Annotated, Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from ewcexp.schema import Rule
-from ewcexp.task_sequence import Scenario, Task
+from ewcexp.config.schema import Rule
+from ewcexp.data.sequences import Scenario, Task
 
 # how many of the task's training samples an estimator averages over
 SampleCount = Annotated[

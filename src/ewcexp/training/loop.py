@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ewcexp.logger import NoLogger
-from ewcexp.preemption import StopRequest
-from ewcexp.schema import PositiveInt
+from ewcexp.config.schema import PositiveInt
+from ewcexp.data.sequences import Scenario, Task
+from ewcexp.reporting.loggers import Logger
 from ewcexp.strategy.base import Strategy
-from ewcexp.task_sequence import Scenario, Task
+from ewcexp.training.preemption import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class TrainingLoop:
     optimizer: torch.optim.Optimizer
     strategy: Strategy
     params: list[Tensor]
-    logger: NoLogger
+    logger: Logger
     log_every: int
     stop: StopRequest
     probe: Callable[[int], None] | None = None  # called with the global step, every `probe_every`

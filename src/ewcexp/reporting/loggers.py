@@ -1,6 +1,6 @@
 """The `logger` config group: where metrics go besides `results.json` and the run's PNGs.
 
-`NoLogger` (`logger=none`) drops them; `WandbLogger` (`logger=wandb`) sends them to
+`Logger` (`logger=none`) drops them; `WandbLogger` (`logger=wandb`) sends them to
 Weights & Biases, offline by default, with `task` as the x-axis of per-task metrics.
 Whatever the group says, the runner also keeps the curves in the run directory
 (`MetricsFile`, `<run dir>/metrics.jsonl`), beside the chosen logger (`Tee`).
@@ -14,17 +14,16 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
-import torch
 from torch import Tensor
 
-from ewcexp.schema import Rule
+from ewcexp.config.schema import Rule
+from ewcexp.reporting.statistics import (
+    importance_histogram,
+    importance_statistics,
+    spectrum_statistics,
+)
 
 log = logging.getLogger(__name__)
-
-EPS = 1e-12  # histograms are of log10(|importance| + eps): exact zeros land at -12
-HISTOGRAM_BINS = 64  # wandb.Histogram accepts at most 512
-SMALL = 1e-8  # an importance below this leaves a parameter, in effect, unprotected
 # W&B refuses a project name with any of these, or longer than 128 characters, when it starts
 # (a warning, and the run goes on without a logger): refused before anything runs instead
 PROJECT_FORBIDDEN = "/\\#?%:"
@@ -38,7 +37,7 @@ ProjectName = Annotated[
 ]
 
 
-class NoLogger:
+class Logger:
     """Logs nothing; the base of the other loggers."""
 
     run_id: str | None = None  # kept in checkpoints, so a resumed run continues the same run
@@ -96,7 +95,7 @@ class NoLogger:
         """Close the run; called whatever happened, errors, Ctrl-C and preemption included."""
 
 
-class WandbLogger(NoLogger):
+class WandbLogger(Logger):
     """A W&B run in the Hydra job's directory. If W&B cannot start, the experiment goes on
     without it (one warning line) and still writes its local results."""
 
@@ -272,7 +271,7 @@ class WandbLogger(NoLogger):
 METRICS_FILE = "metrics.jsonl"
 
 
-class MetricsFile(NoLogger):
+class MetricsFile(Logger):
     """`<run dir>/metrics.jsonl`: the training curves (`"event": "train"`, W&B's `train/*`
     keys), continual evaluations (`"continual"`), each task's accuracies (`"task"`) and the
     outcome (`"end"`), one JSON object a line, whatever the logger, so a run with
@@ -334,11 +333,11 @@ def _after_last_line(path: Path, end: int) -> int:
     return 0
 
 
-class Tee(NoLogger):
+class Tee(Logger):
     """Every call to each of `loggers` in turn (the configured logger, then the run's own
     metrics file); the first one's run id is the run's."""
 
-    def __init__(self, *loggers: NoLogger) -> None:
+    def __init__(self, *loggers: Logger) -> None:
         self.loggers = loggers
 
     @property
@@ -383,32 +382,3 @@ class Tee(NoLogger):
                 errors.append(error)
         if errors:
             raise errors[0]
-
-
-def importance_histogram(values: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Counts and bin edges of log10(|importance| + eps) (SI's can be negative)."""
-    logs = torch.log10(values.detach().flatten().double().cpu().abs() + EPS).numpy()
-    return np.histogram(logs, bins=HISTOGRAM_BINS)
-
-
-def importance_statistics(values: Tensor) -> dict[str, float]:
-    """Mean, max, and the fraction of parameters whose importance is below SMALL."""
-    flat = values.detach().flatten()
-    return {
-        "mean": float(flat.mean()),
-        "max": float(flat.max()),
-        f"fraction_below_{SMALL:g}": float((flat < SMALL).float().mean()),
-    }
-
-
-def spectrum_statistics(eigenvalues: Tensor) -> dict[str, float]:
-    """Largest and smallest eigenvalue, trace, and the effective rank (trace / largest): how
-    many directions carry the factor's mass."""
-    values = eigenvalues.detach().double()
-    top = float(values.max())
-    return {
-        "max": top,
-        "min": float(values.min()),
-        "trace": float(values.sum()),
-        "effective_rank": float(values.sum()) / top if top > 0 else 0.0,
-    }

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ewcexp.per_sample import Signals, plan_for, unfold
-from ewcexp.strategy.penalty import PenaltyTerm, Tensors
+from ewcexp.importance.penalty import PenaltyTerm, Tensors
+from ewcexp.importance.per_sample import Signals, plan_for, unfold
 
 
 @dataclass

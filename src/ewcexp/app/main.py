@@ -18,8 +18,8 @@ import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from ewcexp.cli import command_line_problem
-from ewcexp.joblog import to_log_files
+from ewcexp.app.command_line import command_line_problem
+from ewcexp.reporting.joblog import to_log_files
 
 DIVERGED_EXIT = 3  # a run that diverged: a result, not a crash, but not a success either
 
@@ -66,11 +66,11 @@ class JobRefused(Exception):
 
 def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
     """Check what only the job's machine can know, hold the run directory, run."""
-    from ewcexp.checkpoint import CheckpointMismatch
-    from ewcexp.config import ConfigError, check_config, check_machine
-    from ewcexp.data import DataUnavailable
-    from ewcexp.rundir import RunDirInUse, hold
-    from ewcexp.runner import run_experiment
+    from ewcexp.config.checks import ConfigError, check_config, check_machine
+    from ewcexp.config.folders import RunDirInUse, hold
+    from ewcexp.data.images import DataUnavailable
+    from ewcexp.training.checkpoint import CheckpointMismatch
+    from ewcexp.training.runner import run_experiment
 
     try:
         check_config(cfg)
@@ -135,7 +135,7 @@ class SweepOutcome(Callback):
     failed: tuple[str, bool] | None = None  # the line, and whether every failure diverged
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from ewcexp.report import job_statuses, logged_error
+        from ewcexp.reporting.report import job_statuses, logged_error
 
         sweep_dir = Path(config.hydra.sweep.dir)
         statuses = job_statuses(sweep_dir)

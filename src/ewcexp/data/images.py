@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ewcexp.data_files import damaged_files, is_cifar
-from ewcexp.rundir import cannot_write
-from ewcexp.schema import NonNegativeInt, PositiveInt, Range, Rule
+from ewcexp.config.folders import cannot_write
+from ewcexp.config.schema import NonNegativeInt, PositiveInt, Range, Rule
+from ewcexp.data.files import damaged_files, is_cifar
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -148,7 +148,7 @@ def as_image_data(value: Any, source: str) -> ImageData:
         parts = [torch.as_tensor(value[key]) for key in IMAGE_KEYS]
     else:
         raise DataUnavailable(
-            f"{source} returned {type(value).__name__}: expected an ewcexp.data.ImageData or a "
+            f"{source} returned {type(value).__name__}: expected an ewcexp.data.images.ImageData or a "
             f"mapping of {', '.join(IMAGE_KEYS)} to tensors"
         )
     if problem := _images_problem(*parts):
@@ -547,7 +547,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(failed) < len(args.names):
         print(f"use with: python run.py data.root={root} ...   or: export EWCEXP_DATA_ROOT={root}")
     return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,16 +6,15 @@ with `torch.load(weights_only=True)`, which cannot run code.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
+
+from ewcexp.reporting.files import write_atomically
 
 FILENAME = "checkpoint.pt"
 # keys that do not change what a run computes: they may differ between a run and its resumption
@@ -43,34 +42,6 @@ class CheckpointDamaged(CheckpointMismatch):
 
 def save(run_dir: Path, state: dict[str, Any]) -> None:
     write_atomically(run_dir / FILENAME, lambda file: torch.save(state, file))
-
-
-def write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """`write` into a file beside `path`, flushed to the disk, renamed over `path`, and the
-    rename flushed too: whoever reads `path` (a resumed run, the report), even after a crash
-    or a power cut, finds the old file or the new one, never part of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with partial.open("wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException as error:
-        partial.unlink(missing_ok=True)  # a full disk leaves no half file behind
-        if isinstance(error, RuntimeError) and "errno 28" in str(error).lower():
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
-        raise  # torch.save reports a full disk as a RuntimeError naming errno 28
-    os.replace(partial, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    except (
-        OSError
-    ):  # a file system that cannot flush a folder (some network ones): the rename stands
-        pass
-    finally:
-        os.close(folder)
 
 
 def load(run_dir: Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -144,8 +115,10 @@ def _reason(path: Path, error: BaseException) -> str:
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without the keys that do not change what a run computes."""
-    config = json.loads(json.dumps(config))
+    """The config without the keys that do not change what a run computes, and each `_target_`
+    as the name of what it builds, not the module it lives in: a checkpoint compares settings,
+    so one written before a module moved still resumes."""
+    config = json.loads(json.dumps(config), object_hook=_target_by_name)
     for key in IGNORED_KEYS:
         *parents, last = key.split(".")
         node = config
@@ -153,6 +126,13 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
             node = node.get(parent, {})
         node.pop(last, None)
     return config
+
+
+def _target_by_name(node: dict[str, Any]) -> dict[str, Any]:
+    target = node.get("_target_")
+    if isinstance(target, str):
+        node["_target_"] = target.rsplit(".", 1)[-1]
+    return node
 
 
 def first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ewcexp.config import ConfigError
-from ewcexp.data import DatasetName, ImageData, class_count, load_dataset
-from ewcexp.schema import NonNegativeInt, PositiveInt, Range
-from ewcexp.seeding import generator
+from ewcexp.config.checks import ConfigError
+from ewcexp.config.schema import NonNegativeInt, PositiveInt, Range
+from ewcexp.config.seeds import generator
+from ewcexp.data.images import DatasetName, ImageData, class_count, load_dataset
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig

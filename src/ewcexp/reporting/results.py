@@ -3,26 +3,24 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ewcexp.checkpoint import write_atomically
-from ewcexp.continual import stability_gaps
-from ewcexp.diagnostics import fisher_overlap, overlap_matrix
-from ewcexp.logger import (
-    NoLogger,
+from ewcexp.data.sequences import TaskSequence
+from ewcexp.importance.diagnostics import fisher_overlap, overlap_matrix
+from ewcexp.reporting.continual import stability_gaps
+from ewcexp.reporting.loggers import Logger
+from ewcexp.reporting.metrics import average_accuracy, backward_transfer, forgetting
+from ewcexp.reporting.record import Record
+from ewcexp.reporting.statistics import (
     importance_histogram,
     importance_statistics,
     spectrum_statistics,
 )
-from ewcexp.metrics import average_accuracy, backward_transfer, forgetting
-from ewcexp.run_state import Record
 from ewcexp.strategy.base import Strategy
-from ewcexp.task_sequence import TaskSequence
 
 
 def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
@@ -40,7 +38,7 @@ def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
 
 def record_importance(
     record: Record,
-    logger: NoLogger,
+    logger: Logger,
     kind: str,
     task: int,
     importance: dict[str, Tensor],
@@ -72,7 +70,7 @@ def record_importance(
 
 
 def record_spectra(
-    record: Record, logger: NoLogger, kind: str, task: int, spectra: dict[str, dict[str, Tensor]]
+    record: Record, logger: Logger, kind: str, task: int, spectra: dict[str, dict[str, Tensor]]
 ) -> None:
     """The eigenvalues of each Kronecker block's A and G: their statistics beside the task's
     importance statistics in results.json, the values for the figures, all to the logger."""
@@ -145,7 +143,7 @@ def summarize(
 
 def record_diagnostics(
     record: Record,
-    logger: NoLogger,
+    logger: Logger,
     task: int,
     samples: int,
     comparisons: dict[str, dict[str, dict[str, float | None]]],
@@ -176,7 +174,9 @@ def continual_summary(record: Record, config: dict[str, Any]) -> dict[str, Any]:
 def save_figures(results: dict[str, Any], record: Record, output_dir: Path) -> dict[str, Path]:
     """The run's PNGs: accuracy matrix, accuracy curves, an importance histogram per
     consolidation, and with Kronecker blocks their eigenvalue spectra."""
-    from ewcexp import plots  # matplotlib: imported only once there is something to draw
+    from ewcexp.reporting import (
+        figures as plots,  # matplotlib: imported only once there is something to draw
+    )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     title = f"{results['strategy']}, λ={results['lambda']}, {results['scenario']}-incremental"
@@ -217,12 +217,6 @@ def save_figures(results: dict[str, Any], record: Record, output_dir: Path) -> d
             per_layer, f"{title}: {key.replace('_', ' ')}", output_dir / f"{key}.png"
         )
     return figures
-
-
-def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
-    """Written whole or not at all (`checkpoint.write_atomically`): a reader never sees part."""
-    text = json.dumps(payload, indent=2)  # before the file is opened: a value JSON refuses
-    write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def format_report(results: dict[str, Any]) -> str:

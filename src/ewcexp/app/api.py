@@ -17,16 +17,16 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
 
     `output_dir` is the run directory (default: the command's, `outputs/<date>/<time>` under
     the working directory); `hydra.searchpath=[file://DIR]` among the overrides adds your own
-    config folders. A value the command would refuse raises `ewcexp.config.ConfigError` (a
+    config folders. A value the command would refuse raises `ewcexp.config.checks.ConfigError` (a
     ValueError) with the same one line, before anything is written; a sweep (`a,b`) is one
     `run` per value."""
     from hydra import compose
     from omegaconf import OmegaConf, open_dict
 
-    from ewcexp.cli import command_line_problem, hydra_configs
-    from ewcexp.config import ConfigError, check_machine
-    from ewcexp.rundir import hold
-    from ewcexp.runner import run_experiment
+    from ewcexp.app.command_line import command_line_problem, hydra_configs
+    from ewcexp.config.checks import ConfigError, check_machine
+    from ewcexp.config.folders import hold
+    from ewcexp.training.runner import run_experiment
 
     args = [str(override) for override in overrides]
     if flags := [arg for arg in args if arg.startswith("-")]:

@@ -1,7 +1,7 @@
 """Checks on the composed config, run before any data is loaded or any training starts.
 
 Each key is declared once, as a typed parameter of the callable its node's `_target_` names
-(see `schema`); the top-level keys are declared in `runner.TOP_LEVEL_KEYS`. A key without a
+(see `schema`); the top-level keys are declared in `TOP_LEVEL_KEYS` below. A key without a
 declaration is refused like a bad value. Each failure is one line naming the key, the value
 given and what is allowed. A component may add checks that span several of its keys (from the
 values alone) as a static method `check_arguments(path, **keys)` returning the line or None;
@@ -18,7 +18,15 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ewcexp.schema import BASIC, allowed
+from ewcexp.config.schema import BASIC, NonNegativeFloat, NonNegativeInt, allowed
+
+# the config's keys outside any component (conf/config.yaml); every other key is declared by
+# the code its section's _target_ names
+TOP_LEVEL_KEYS: dict[str, Any] = {
+    "seed": NonNegativeInt,
+    "resume": bool,  # continue from <run dir>/checkpoint.pt if an earlier run there stopped
+    "lambda": NonNegativeFloat,  # λ of every penalty strategy (their `strength: ${lambda}`)
+}
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
@@ -80,8 +88,6 @@ def checkable(hint: Any) -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError for the first key that is undeclared or whose value is not allowed."""
-    from ewcexp.runner import TOP_LEVEL_KEYS
-
     sections = [key for key in cfg if isinstance(cfg[key], DictConfig)]
     for key in cfg:  # first: components interpolate some of them (`strength: ${lambda}`)
         if key in sections:
@@ -167,3 +173,27 @@ def check_value(path: str, value: Any, declared: Any) -> None:
 
 def undeclared(path: str, value: Any, known: str) -> ConfigError:
     return ConfigError(f"{path}={show(value)} is not allowed: there is no such key ({known})")
+
+
+def settings_without_effect(cfg: DictConfig) -> list[str]:
+    """Settings this run will not use, to warn about rather than refuse (a sweep such as
+    `-m strategy=finetune,si,ewc fisher.structure=kfac` shares them across strategies): the
+    fisher section's structure with a strategy that never consolidates with its Fisher, and
+    damping, which only the Kronecker factors take."""
+    unused = []
+    importance = cfg.strategy.get("importance")
+    uses_fisher = isinstance(importance, DictConfig) and importance.get("_target_") == (
+        cfg.fisher._target_
+    )
+    if cfg.fisher.get("structure", "diagonal") != "diagonal" and not uses_fisher:
+        strategy = getattr(declared_keys(cfg.strategy._target_)[0], "name", cfg.strategy._target_)
+        unused.append(
+            f"fisher.structure={cfg.fisher.structure} has no effect with strategy={strategy}: "
+            "it does not consolidate with the fisher section's Fisher"
+        )
+    if cfg.fisher.get("damping") and cfg.fisher.get("structure", "diagonal") == "diagonal":
+        unused.append(
+            f"fisher.damping={cfg.fisher.damping:g} has no effect with "
+            "fisher.structure=diagonal: it damps the Kronecker factors only"
+        )
+    return unused

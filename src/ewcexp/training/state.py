@@ -1,74 +1,21 @@
-"""The run's state: what learning the sequence has produced so far (`Record`) and everything
-a checkpoint restores so that a resumed run continues exactly as if never stopped (`LoopState`)."""
+"""The loop's state: everything a checkpoint restores so that a resumed run continues exactly
+as if never stopped (the model, the strategy, the record so far, the random streams, where)."""
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
+from torch import nn
 
-from ewcexp import checkpoint
-from ewcexp.logger import MetricsFile, NoLogger
+from ewcexp.reporting.loggers import Logger, MetricsFile
+from ewcexp.reporting.record import Record
 from ewcexp.strategy.base import Strategy
-
-PHASES = ("train", "fisher", "eval", "diagnostics")
-
-
-@dataclass
-class Record:
-    """What learning the sequence leaves behind, besides the trained model."""
-
-    acc: Tensor  # R[i][j]
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
-    importance_stats: list[dict[str, Any]] = field(default_factory=list)
-    histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)  # of importances
-    spectra: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)  # Kronecker
-    continual: list[dict[str, Any]] = field(default_factory=list)  # train.eval_every's points
-    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # fisher.diagnostics's
-    task_fishers: list[Tensor] = field(default_factory=list)  # each task's exact, flattened
-    earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
-    started: float = field(default_factory=time.perf_counter)  # this process
-
-    def wall_s(self) -> float:
-        """Seconds spent on this run, over all its processes."""
-        return self.earlier_wall_s + time.perf_counter() - self.started
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "acc": self.acc,
-            "seconds": self.seconds,
-            "importance_stats": self.importance_stats,
-            "histograms": self.histograms,
-            "spectra": self.spectra,
-            "continual": self.continual,
-            "diagnostics": self.diagnostics,
-            "task_fishers": self.task_fishers,
-            "wall_s": self.wall_s(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.acc, self.seconds, self.earlier_wall_s = (
-            state["acc"],
-            state["seconds"],
-            state["wall_s"],
-        )
-        self.importance_stats, self.histograms = state["importance_stats"], state["histograms"]
-        self.spectra, self.continual = state["spectra"], state["continual"]
-        self.diagnostics, self.task_fishers = state["diagnostics"], state["task_fishers"]
-
-    @contextmanager
-    def timing(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.seconds[phase] += time.perf_counter() - start
+from ewcexp.training import checkpoint
 
 
 @dataclass
@@ -78,7 +25,7 @@ class LoopState:
     model: nn.Module
     strategy: Strategy
     record: Record
-    logger: NoLogger
+    logger: Logger
     batch_rng: torch.Generator
     fisher_rng: torch.Generator
     tasks_done: int = 0

@@ -1,0 +1,65 @@
+"""What learning the sequence leaves behind besides the trained model: the accuracy matrix,
+the time per phase, importance statistics and histograms, spectra, continual evaluations and
+diagnostics. Checkpointed with the loop's state; `results.json` and the figures are drawn
+from it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+PHASES = ("train", "fisher", "eval", "diagnostics")
+
+
+@dataclass
+class Record:
+    """What learning the sequence leaves behind, besides the trained model."""
+
+    acc: Tensor  # R[i][j]
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
+    importance_stats: list[dict[str, Any]] = field(default_factory=list)
+    histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)  # of importances
+    spectra: dict[str, dict[str, dict[str, Tensor]]] = field(default_factory=dict)  # Kronecker
+    continual: list[dict[str, Any]] = field(default_factory=list)  # train.eval_every's points
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)  # fisher.diagnostics's
+    task_fishers: list[Tensor] = field(default_factory=list)  # each task's exact, flattened
+    earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
+    started: float = field(default_factory=time.perf_counter)  # this process
+
+    def wall_s(self) -> float:
+        """Seconds spent on this run, over all its processes."""
+        return self.earlier_wall_s + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "acc": self.acc,
+            "seconds": self.seconds,
+            "importance_stats": self.importance_stats,
+            "histograms": self.histograms,
+            "spectra": self.spectra,
+            "continual": self.continual,
+            "diagnostics": self.diagnostics,
+            "task_fishers": self.task_fishers,
+            "wall_s": self.wall_s(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.acc, self.seconds, self.earlier_wall_s = (
+            state["acc"],
+            state["seconds"],
+            state["wall_s"],
+        )
+        self.importance_stats, self.histograms = state["importance_stats"], state["histograms"]
+        self.spectra, self.continual = state["spectra"], state["continual"]
+        self.diagnostics, self.task_fishers = state["diagnostics"], state["task_fishers"]
+
+    @contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] += time.perf_counter() - start
