@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from common import machine, median_seconds, mnist_like, table
 
-from ewcexp.data.images import ImageData
+from ewcexp.data.image_data import ImageData
 from ewcexp.data.sequences import PermutedSequence
 from ewcexp.model.networks import MLP
-from ewcexp.reporting.loggers import Logger
+from ewcexp.reporting.record import Record
+from ewcexp.reporting.reporter import Reporter
 from ewcexp.strategy.baselines import Finetune
 from ewcexp.training.loop import TrainingLoop, training_set
 from ewcexp.training.preemption import StopRequest
@@ -50,7 +51,13 @@ def main() -> None:
 
     def runner_epoch() -> None:
         loop = TrainingLoop(
-            model, optimizer, Finetune(), params, Logger(), log_every=50, stop=StopRequest()
+            model,
+            optimizer,
+            Finetune(),
+            params,
+            Reporter(Record(torch.zeros(1, 1))),
+            log_every=50,
+            stop=StopRequest(),
         )
         loop.run(batches, steps, BATCH, rng, task=0, first_step=0, description="epoch")
 

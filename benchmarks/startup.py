@@ -157,7 +157,8 @@ def sweep_check(jobs: int, repeats: int) -> tuple[float, float]:
     all to SLURM), medians of `repeats` interleaved pairs after one untimed pair."""
     from hydra import compose
 
-    from ewcexp.app.command_line import command_line_problem, hydra_configs
+    from ewcexp.app.command_line import command_line_problem
+    from ewcexp.app.compose import hydra_configs
 
     args = ["-m", f"lambda=range(0,{jobs})", "strategy=ewc"]
     checks, composes = [], []

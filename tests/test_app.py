@@ -198,7 +198,8 @@ def test_run_in_python_leaves_the_callers_hydra_as_it_was(tmp_path):
 
 
 def test_a_live_run_in_an_interpolated_folder_is_seen_before_hydra_writes(tmp_path):
-    from ewcexp.app.command_line import hydra_configs, refused_job
+    from ewcexp.app.command_line import refused_job
+    from ewcexp.app.compose import hydra_configs
 
     args = ["seed=3", f"hydra.run.dir={tmp_path}/runs/${{seed}}"]
     with hold(tmp_path / "runs" / "3"), hydra_configs(args) as configs:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ewcexp.app.command_line import hydra_configs, unknown_group_choice, unknown_key
+from ewcexp.app.command_line import unknown_group_choice, unknown_key
+from ewcexp.app.compose import hydra_configs
 from ewcexp.config.checks import ConfigError, check_config, check_machine
 from ewcexp.data.sequences import build_sequence
 from tests.conftest import REPO, TINY, compose_config, run_cli

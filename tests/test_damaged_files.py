@@ -17,7 +17,8 @@ from omegaconf import OmegaConf
 from torchvision import datasets
 
 from ewcexp.app.command_line import unwritable_run_dir
-from ewcexp.data.images import DataUnavailable, load_images
+from ewcexp.data.image_data import DataUnavailable
+from ewcexp.data.images import load_images
 from ewcexp.training import checkpoint
 from ewcexp.training.checkpoint import CheckpointDamaged, CheckpointMismatch
 from tests.conftest import (

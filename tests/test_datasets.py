@@ -20,8 +20,10 @@ from torchvision.transforms.v2.functional import rotate as torchvision_rotate
 
 import ewcexp.data.images
 from ewcexp.config.checks import ConfigError, check_config
-from ewcexp.data.images import DataUnavailable, load_images
-from ewcexp.data.sequences import RotatedSequence, SplitSequence, rotate
+from ewcexp.data.image_data import DataUnavailable
+from ewcexp.data.images import load_images
+from ewcexp.data.scenarios import rotate
+from ewcexp.data.sequences import RotatedSequence, SplitSequence
 from ewcexp.training.runner import run_experiment
 from tests.conftest import (
     TINY,

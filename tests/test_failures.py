@@ -170,7 +170,7 @@ def test_metrics_file_keeps_what_the_checkpoint_saw_and_only_whole_lines(tmp_pat
     """A resumed run cuts metrics.jsonl back to the checkpoint's position, so the events
     logged after it (and lost from the state) are not there twice; a line cut short by a
     crash is dropped."""
-    from ewcexp.reporting.loggers import MetricsFile
+    from ewcexp.reporting.metrics_file import MetricsFile
 
     first = MetricsFile(tmp_path)
     first.log_training({"train/step": 0, "train/loss": 2.0})

@@ -15,6 +15,7 @@ from ewcexp.importance.diagnostics import (
     compare,
     fisher_overlap,
     overlap_matrix,
+    overlap_row,
     spearman,
 )
 from ewcexp.reporting.continual import stability_gaps
@@ -81,7 +82,9 @@ def test_fisher_overlap_is_one_for_identical_zero_for_disjoint_and_the_frechet_f
     assert fisher_overlap(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0])) == pytest.approx(
         math.sqrt(0.5)
     )
-    matrix = overlap_matrix([f, torch.tensor([0.0, 1.0, 1.0, 1.0]), f])
+    fishers = [f, torch.tensor([0.0, 1.0, 1.0, 1.0]), f]
+    matrix = overlap_matrix([overlap_row(fishers[: t + 1]) for t in range(3)])
+    assert matrix[2][0] == pytest.approx(1.0) and matrix[0][1] == fisher_overlap(fishers[1], f)
     assert [matrix[i][i] for i in range(3)] == [pytest.approx(1.0)] * 3
     assert all(matrix[i][j] == matrix[j][i] for i, j in product(range(3), repeat=2))
 

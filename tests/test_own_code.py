@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ewcexp.config.checks import ConfigError, check_component
-from ewcexp.data.images import (
+from ewcexp.data import (
     DataUnavailable,
     ImageData,
     as_image_data,
@@ -201,7 +201,7 @@ def test_torchvision_architecture_by_name_on_a_rotated_image_folder(lab):
         lab,
         "model=shufflenet",
         "task_sequence=rotated_mnist",
-        f"task_sequence.dataset={{_target_:ewcexp.data.images.image_folder,path:{lab / 'flat'}}}",
+        f"task_sequence.dataset={{_target_:ewcexp.data.own.image_folder,path:{lab / 'flat'}}}",
         "task_sequence.num_tasks=2",
         "task_sequence.max_angle=90",
         f"hydra.run.dir={lab}/rotated",

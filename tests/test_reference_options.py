@@ -12,7 +12,8 @@ import torch
 
 from ewcexp.config.checks import ConfigError, check_config
 from ewcexp.config.seeds import STREAMS, generator, stream_seed
-from ewcexp.data.images import ImageData, load_images
+from ewcexp.data.image_data import ImageData
+from ewcexp.data.images import load_images
 from ewcexp.data.sequences import PermutedSequence, SplitSequence, padded
 from tests.conftest import TINY, compose_config, run_cli
 from tests.test_resume import INTERRUPTIONS, killed_run, metrics
@@ -214,7 +215,7 @@ def test_resnet_standardises_pixels_per_channel_when_given_a_mean_and_std():
 
 
 def test_all_classes_active_from_the_first_task_in_the_class_scenario(tmp_path, data_root):
-    from ewcexp.data.sequences import Scenario
+    from ewcexp.data.scenarios import Scenario
 
     seen, every = Scenario("class", 5, 2), Scenario("class", 5, 2, all_classes_active=True)
     assert (seen.active(0, 0), every.active(0, 0)) == (slice(0, 2), slice(0, 10))

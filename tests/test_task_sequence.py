@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ewcexp.data.images import load_images
-from ewcexp.data.sequences import PermutedSequence, Scenario, SplitSequence
+from ewcexp.data.scenarios import Scenario
+from ewcexp.data.sequences import PermutedSequence, SplitSequence
 
 
 def mnist(root):

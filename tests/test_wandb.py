@@ -76,6 +76,10 @@ def test_offline_runs_of_a_multirun_hold_what_results_json_holds(tmp_path, data_
     (run_dir,) = (job / "wandb").glob("offline-run-*")
     table = json.loads((run_dir / "files" / final["acc_matrix.path"]).read_text())
     assert [row[1:] for row in table["data"]] == results["acc_matrix"]
+    # columns count tasks from 1, as every other key does (acc/task_1, continual/task_1)
+    tasks = len(results["acc_matrix"])
+    assert table["columns"] == ["after task", *(f"task_{j + 1}" for j in range(tasks))]
+    assert [row[0] for row in table["data"]] == list(range(1, tasks + 1))
     (run,) = [r["run"] for r in records if r["type"] == "run"]
     config = run["config"].get("update", run["config"])
     assert config["strategy"]["_target_"] == "ewcexp.strategy.ewc.OnlineEWC"

@@ -23,7 +23,8 @@ def run(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> 
     from hydra import compose
     from omegaconf import OmegaConf, open_dict
 
-    from ewcexp.app.command_line import command_line_problem, hydra_configs
+    from ewcexp.app.command_line import command_line_problem
+    from ewcexp.app.compose import hydra_configs
     from ewcexp.config.checks import ConfigError, check_machine
     from ewcexp.config.folders import hold
     from ewcexp.training.runner import run_experiment

@@ -1,17 +1,18 @@
 """Command-line checks, run before Hydra creates a directory or starts a job: first those that
-must answer at once, before torch (seconds to import) is loaded, then every job's config."""
+must answer at once, before torch (seconds to import) is loaded, then every job's config.
+Each check reads the command line and returns its one-line error; the configs it checks
+against are composed by `ewcexp.app.compose`."""
 
 from __future__ import annotations
 
-import copy
 import difflib
 import itertools
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ewcexp.app.compose import JobConfigs, added_config_dirs, hydra_configs
 from ewcexp.config.folders import cannot_write
 
 SIMPLE = re.compile(r"([A-Za-z_][\w/]*)=([\w.\-]+(?:,[\w.\-]+)*)")  # group=a or group=a,b
@@ -41,38 +42,6 @@ def command_line_problem(args: Sequence[str]) -> str | None:
         )
 
 
-@contextmanager
-def hydra_configs(args: Sequence[str]) -> Iterator[JobConfigs]:
-    """Hydra over the search path the command's jobs will have: ewcexp's configs, search-path
-    plugins, `--config-dir` (placed as Hydra places it) and the command's `hydra.searchpath`;
-    the compose API works inside. Yields the command's `JobConfigs`."""
-    from hydra._internal.hydra import Hydra
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.core.global_hydra import GlobalHydra
-
-    search_path = create_config_search_path(CONFIG_MODULE)
-    for directory in added_config_dirs(args):
-        search_path.prepend(
-            provider="command-line",
-            path=f"file://{directory.resolve()}",
-            anchor=SearchPathQuery(provider="schema"),
-        )
-    hydra_now = GlobalHydra.instance()
-    theirs = hydra_now.hydra if hydra_now.is_initialized() else None  # a notebook's own
-    hydra_now.clear()
-    Hydra.create_main_hydra2(task_name="ewcexp", config_search_path=search_path)
-    try:
-        yield JobConfigs([a for a in args if a.lstrip("+").startswith("hydra.searchpath=")])
-    finally:
-        hydra_now.clear()
-        if theirs is not None:
-            hydra_now.initialize(theirs)
-
-
-CONFIG_MODULE = "pkg://ewcexp.conf"
-
-
 def unknown_group_choice(overrides: Sequence[str], configs: JobConfigs) -> str | None:
     """The error for a `group=option` override naming an option Hydra cannot find, or None.
 
@@ -89,17 +58,6 @@ def unknown_group_choice(overrides: Sequence[str], configs: JobConfigs) -> str |
             if choice not in options and choice != "null":
                 return f"{match[1]}={choice} is not allowed: expected one of {', '.join(options)}"
     return None
-
-
-def added_config_dirs(overrides: Sequence[str]) -> list[Path]:
-    """The folders `--config-dir DIR`, `--config-dir=DIR` or `-cd DIR` add to Hydra's search."""
-    dirs = []
-    for flag, value in zip(overrides, [*overrides[1:], ""], strict=True):
-        if flag in ("-cd", "--config-dir"):
-            dirs.append(Path(value))
-        elif flag.startswith("--config-dir="):
-            dirs.append(Path(flag.split("=", 1)[1]))
-    return dirs
 
 
 def unknown_key(overrides: Sequence[str], configs: JobConfigs) -> str | None:
@@ -248,73 +206,6 @@ def refused_job(args: Sequence[str], configs: JobConfigs) -> str | None:
         if problem := _job_problem(cfg, folder, job, ours):
             return problem
     return None
-
-
-class JobConfigs:
-    """The command's configs as Hydra composes them, with what is costly done once: the
-    options of each group (one scan of the search path), and each distinct choice of group
-    options (~0.1 s a composition); a job's values are then applied by Hydra's own override
-    code. A 100-value λ sweep composes once."""
-
-    def __init__(self, searchpath: Sequence[str]) -> None:
-        from hydra.core.global_hydra import GlobalHydra
-
-        self.searchpath = list(searchpath)
-        loader = GlobalHydra.instance().config_loader()
-        # the search path with the command's hydra.searchpath, as each composition builds it
-        _, self.repository = loader._parse_overrides_and_create_caching_repo(
-            "config", self.searchpath
-        )
-        self.composed: dict[tuple[str, ...], Any] = {}
-        self.groups: dict[str, list[str]] = {}
-
-    def options(self, group: str) -> list[str]:
-        """The options of config group `group` on the search path (none: not a group)."""
-        from hydra.core.object_type import ObjectType
-
-        if group not in self.groups:
-            self.groups[group] = sorted(
-                self.repository.get_group_options(group, results_filter=ObjectType.CONFIG)
-            )
-        return self.groups[group]
-
-    def composition(self, picks: tuple[str, ...]) -> Any:
-        """The config with these group choices and nothing else (shared: copy to change it)."""
-        from hydra import compose
-
-        if picks not in self.composed:
-            self.composed[picks] = compose(
-                config_name="config", overrides=[*picks, *self.searchpath]
-            )
-        return self.composed[picks]
-
-    def run_dir(self, overrides: Sequence[str]) -> Path | None:
-        """The run directory an interpolated `hydra.run.dir` (`runs/${seed}`) resolves to
-        for these overrides, or None where only the running job could resolve it."""
-        from hydra import compose
-        from omegaconf import OmegaConf
-
-        try:
-            cfg = compose(
-                config_name="config",
-                overrides=[*overrides, *self.searchpath],
-                return_hydra_config=True,
-            )
-            return Path(OmegaConf.select(cfg, "hydra.run.dir"))
-        except Exception:  # noqa: BLE001 - ${hydra:...} and the like: the job's own lock says
-            return None
-
-    def of(self, job: Sequence[str]) -> Any:
-        """Job `job`'s config: its group choices composed, then its values applied."""
-        from hydra._internal.config_loader_impl import ConfigLoaderImpl
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
-        parsed = OverridesParser.create().parse_overrides(list(job))
-        picks = tuple(o.input_line for o in parsed if self.options(o.key_or_group))
-        cfg = copy.deepcopy(self.composition(picks))
-        values = [o for o in parsed if o.input_line not in picks]
-        ConfigLoaderImpl._apply_overrides_to_config(values, cfg)
-        return cfg
 
 
 def _values(override: Any) -> list[str]:

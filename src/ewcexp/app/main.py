@@ -68,7 +68,7 @@ def run_job(cfg: DictConfig, output_dir: Path, **names: Any) -> dict[str, Any]:
     """Check what only the job's machine can know, hold the run directory, run."""
     from ewcexp.config.checks import ConfigError, check_config, check_machine
     from ewcexp.config.folders import RunDirInUse, hold
-    from ewcexp.data.images import DataUnavailable
+    from ewcexp.data.image_data import DataUnavailable
     from ewcexp.training.checkpoint import CheckpointMismatch
     from ewcexp.training.runner import run_experiment
 

@@ -1,6 +1,7 @@
-"""Which of a dataset's files are present but damaged, and why: a cut-short download, a
-file overwritten by something else. Read by `data._load` once torchvision has failed, so
-that the error names the file to replace instead of saying "not found"."""
+"""The files a dataset is read from: what `data.root` may be, and which of a dataset's files
+are present but damaged, and why (a cut-short download, a file overwritten by something
+else). `images._load` looks for damage once torchvision has failed, so that the error names
+the file to replace instead of saying "not found"."""
 
 from __future__ import annotations
 
@@ -8,6 +9,27 @@ import math
 import re
 import struct
 from pathlib import Path
+from typing import Annotated
+
+from ewcexp.config.schema import Rule
+
+
+def _not_a_file(value: object) -> bool:
+    """A folder, or a path not created yet; a path the check cannot look at (a folder without
+    permission, `~nobody`) passes here and is reported where the data is read."""
+    if not isinstance(value, str):
+        return False
+    try:
+        path = Path(value).expanduser()
+        return not path.exists() or path.is_dir()
+    except (OSError, RuntimeError):
+        return True
+
+
+# where the datasets live: a folder, or a path a download may create
+DataRoot = Annotated[
+    str, Rule(_not_a_file, "a folder (or a path not created yet), not a file", "/dev/null")
+]
 
 
 def is_cifar(dataset_class: type) -> bool:

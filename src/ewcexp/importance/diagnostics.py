@@ -16,7 +16,36 @@ Overlap of two tasks' Fishers: normalised to unit trace, F̂ = F / tr F, then
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from ewcexp.importance.contract import TaskData
+from ewcexp.importance.fisher import ESTIMATORS, Fisher, estimate_fisher
+
+
+def diagnose(
+    model: nn.Module, data: TaskData, settings: Fisher, names: list[str], draws_before: Tensor
+) -> tuple[int, dict[str, dict[str, dict[str, float | None]]], Tensor]:
+    """Every Fisher estimator on the samples the consolidation drew (`data.generator` rewound
+    to `draws_before`), compared with `exact`: (samples, the comparisons, exact flattened on
+    the CPU). The generator is left where the consolidation left it, so the run's numbers do
+    not depend on the diagnostics."""
+    generator = data.generator
+    draws_after = generator.get_state()
+    generator.set_state(draws_before)
+    try:
+        images, labels = data.subset(settings.num_samples)
+        fishers = {
+            estimator: estimate_fisher(
+                model, images, labels, estimator=estimator, active=data.active,
+                chunk_size=settings.chunk_size, batch_size=settings.batch_size,
+                generator=generator,
+            )
+            for estimator in ESTIMATORS
+        }  # fmt: skip
+    finally:
+        generator.set_state(draws_after)
+    exact = torch.cat([f.flatten() for f in fishers["exact"]]).cpu()
+    return len(labels), estimator_diagnostics(fishers, names), exact
 
 
 def average_ranks(values: Tensor) -> Tensor:
@@ -74,6 +103,12 @@ def fisher_overlap(first: Tensor, second: Tensor) -> float:
     return 1.0 - 0.5 * float(((a.sqrt() - b.sqrt()) ** 2).sum())
 
 
-def overlap_matrix(fishers: list[Tensor]) -> list[list[float]]:
-    """Every pair of tasks' overlap (symmetric, 1 on the diagonal)."""
-    return [[fisher_overlap(a, b) for b in fishers] for a in fishers]
+def overlap_row(fishers: list[Tensor]) -> list[float]:
+    """The last task's overlap with each task so far, itself last (1)."""
+    return [fisher_overlap(earlier, fishers[-1]) for earlier in fishers]
+
+
+def overlap_matrix(rows: list[list[float]]) -> list[list[float]]:
+    """Every pair of tasks' overlap from each task's `overlap_row` (the overlap is
+    symmetric: row t holds tasks 1..t, the matrix mirrors it; 1 on the diagonal)."""
+    return [[rows[max(i, j)][min(i, j)] for j in range(len(rows))] for i in range(len(rows))]

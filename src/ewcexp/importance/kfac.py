@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ewcexp.importance.contract import StructuredImportance
 from ewcexp.importance.penalty import PenaltyTerm, Tensors
 from ewcexp.importance.per_sample import Signals, plan_for, unfold
 
@@ -149,7 +150,7 @@ def _rows(output: Tensor) -> Tensor:
 
 
 @dataclass
-class KroneckerImportance:
+class KroneckerImportance(StructuredImportance):
     """One task's Fisher: Kronecker blocks for the layers that have them, the diagonal for
     every other parameter (None where a block covers it); `damping` d adds √d·I to A and G."""
 

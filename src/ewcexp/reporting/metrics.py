@@ -26,3 +26,16 @@ def forgetting(acc: Tensor, after: int) -> float | None:
         return None
     drops = [acc[j:after, j].max() - acc[after, j] for j in range(after)]
     return float(sum(drops) / after)
+
+
+def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
+    """The metrics logged after task `after` (0-based): the row R[after][·] as acc/task_1..T,
+    and the averages, BWT and forgetting so far."""
+    row = {f"acc/task_{j + 1}": float(a) for j, a in enumerate(acc[after])}
+    return {
+        **row,
+        "acc/avg_seen": average_accuracy(acc, after),
+        "acc/avg_all": float(acc[after].mean()),
+        "bwt": backward_transfer(acc, after),
+        "forgetting": forgetting(acc, after),
+    }

@@ -13,6 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
+from ewcexp.importance.diagnostics import overlap_row
+from ewcexp.reporting.metrics import task_metrics
+
 PHASES = ("train", "fisher", "eval", "diagnostics")
 
 
@@ -21,6 +24,7 @@ class Record:
     """What learning the sequence leaves behind, besides the trained model."""
 
     acc: Tensor  # R[i][j]
+    per_task: list[dict[str, float | None]] = field(default_factory=list)  # metrics after each
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     importance_stats: list[dict[str, Any]] = field(default_factory=list)
     histograms: dict[str, dict[str, tuple]] = field(default_factory=dict)  # of importances
@@ -28,6 +32,7 @@ class Record:
     continual: list[dict[str, Any]] = field(default_factory=list)  # train.eval_every's points
     diagnostics: list[dict[str, Any]] = field(default_factory=list)  # fisher.diagnostics's
     task_fishers: list[Tensor] = field(default_factory=list)  # each task's exact, flattened
+    overlaps: list[list[float]] = field(default_factory=list)  # task t's with tasks 1..t
     earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
     started: float = field(default_factory=time.perf_counter)  # this process
 
@@ -38,6 +43,7 @@ class Record:
     def state_dict(self) -> dict[str, Any]:
         return {
             "acc": self.acc,
+            "per_task": self.per_task,
             "seconds": self.seconds,
             "importance_stats": self.importance_stats,
             "histograms": self.histograms,
@@ -45,10 +51,13 @@ class Record:
             "continual": self.continual,
             "diagnostics": self.diagnostics,
             "task_fishers": self.task_fishers,
+            "overlaps": self.overlaps,
             "wall_s": self.wall_s(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], tasks_done: int) -> None:
+        """Restore a checkpoint's record; one written before the record kept the per-task
+        metrics and the overlaps gets them computed here from what it does keep."""
         self.acc, self.seconds, self.earlier_wall_s = (
             state["acc"],
             state["seconds"],
@@ -57,6 +66,12 @@ class Record:
         self.importance_stats, self.histograms = state["importance_stats"], state["histograms"]
         self.spectra, self.continual = state["spectra"], state["continual"]
         self.diagnostics, self.task_fishers = state["diagnostics"], state["task_fishers"]
+        self.per_task = state.get("per_task") or [
+            task_metrics(self.acc, t) for t in range(tasks_done)
+        ]
+        self.overlaps = state.get("overlaps") or [
+            overlap_row(self.task_fishers[: t + 1]) for t in range(len(self.task_fishers))
+        ]
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:

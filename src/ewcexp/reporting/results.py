@@ -1,85 +1,16 @@
-"""What a run reports: per-task metrics and importance statistics as it goes, and at the end
-`results.json`, the PNG figures and the printed accuracy matrix."""
+"""A run's outcome, drawn from its record: the contents of `results.json`, the PNG figures
+and the printed accuracy matrix."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from ewcexp.data.sequences import TaskSequence
-from ewcexp.importance.diagnostics import fisher_overlap, overlap_matrix
+from ewcexp.importance.diagnostics import overlap_matrix
 from ewcexp.reporting.continual import stability_gaps
-from ewcexp.reporting.loggers import Logger
-from ewcexp.reporting.metrics import average_accuracy, backward_transfer, forgetting
 from ewcexp.reporting.record import Record
-from ewcexp.reporting.statistics import (
-    importance_histogram,
-    importance_statistics,
-    spectrum_statistics,
-)
 from ewcexp.strategy.base import Strategy
-
-
-def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
-    """The metrics logged after task `after` (0-based): the row R[after][·] as acc/task_1..T,
-    and the averages, BWT and forgetting so far."""
-    row = {f"acc/task_{j + 1}": float(a) for j, a in enumerate(acc[after])}
-    return {
-        **row,
-        "acc/avg_seen": average_accuracy(acc, after),
-        "acc/avg_all": float(acc[after].mean()),
-        "bwt": backward_transfer(acc, after),
-        "forgetting": forgetting(acc, after),
-    }
-
-
-def record_importance(
-    record: Record,
-    logger: Logger,
-    kind: str,
-    task: int,
-    importance: dict[str, Tensor],
-    accumulated: dict[str, Tensor] | None,
-) -> None:
-    """Statistics to results.json, histograms to the figures, everything to the logger;
-    all named after `kind` ("fisher", "mas", "si")."""
-    record.importance_stats.append(
-        {
-            "task": task + 1,
-            "per_parameter": {n: importance_statistics(f) for n, f in importance.items()},
-            "accumulated": {n: importance_statistics(f) for n, f in accumulated.items()}
-            if accumulated
-            else None,
-        }
-    )
-
-    def histograms(tensors: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
-        # tensors, not numpy arrays: checkpoints are read with weights_only=True
-        return {
-            n: tuple(torch.from_numpy(a) for a in importance_histogram(f))
-            for n, f in tensors.items()
-        }
-
-    record.histograms[f"{kind}_task{task + 1}"] = histograms(importance)
-    if accumulated:
-        record.histograms[f"{kind}_accumulated_task{task + 1}"] = histograms(accumulated)
-    logger.log_importance(kind, task, importance, accumulated)
-
-
-def record_spectra(
-    record: Record, logger: Logger, kind: str, task: int, spectra: dict[str, dict[str, Tensor]]
-) -> None:
-    """The eigenvalues of each Kronecker block's A and G: their statistics beside the task's
-    importance statistics in results.json, the values for the figures, all to the logger."""
-    record.importance_stats[-1]["spectra"] = {
-        layer: {f: spectrum_statistics(v) for f, v in factors.items()}
-        for layer, factors in spectra.items()
-    }
-    record.spectra[f"{kind}_spectra_task{task + 1}"] = spectra
-    logger.log_spectra(kind, task, spectra)
 
 
 def summarize(
@@ -94,17 +25,9 @@ def summarize(
     `diverged` (where: `Diverged.record()`) "diverged": then the matrix has the rows of the
     tasks finished before, and no final average, BWT or forgetting, which no run reached."""
     done = len(record.acc) if diverged is None else diverged["task"] - 1
-    acc, last = record.acc[:done], done - 1
+    acc, per_task = record.acc[:done], record.per_task[:done]  # as logged after each task
     kind = strategy.importance_kind
-    final = (
-        {
-            "avg_acc": average_accuracy(acc, last),
-            "bwt": backward_transfer(acc, last),
-            "forgetting": forgetting(acc, last),
-        }
-        if diverged is None
-        else {"avg_acc": None, "bwt": None, "forgetting": None}
-    )
+    last: dict[str, Any] = per_task[-1] if diverged is None else {}
     return {
         "status": "completed" if diverged is None else "diverged",
         **({} if diverged is None else {"diverged": diverged, "tasks_done": done}),
@@ -119,11 +42,11 @@ def summarize(
         "task_names": [task.name for task in sequence.tasks],
         "class_order": sequence.class_order,  # split sequences: the order dealt out
         "acc_matrix": acc.tolist(),
-        "avg_acc": final["avg_acc"],
-        "avg_acc_seen": [average_accuracy(acc, i) for i in range(done)],
-        "bwt": final["bwt"],
-        "forgetting": final["forgetting"],
-        "per_task": [task_metrics(acc, t) for t in range(done)],  # as logged after each task
+        "avg_acc": last.get("acc/avg_seen"),
+        "avg_acc_seen": [metrics["acc/avg_seen"] for metrics in per_task],
+        "bwt": last.get("bwt"),
+        "forgetting": last.get("forgetting"),
+        "per_task": per_task,
         "data_source": sequence.source,
         "wall_time_s": record.wall_s(),
         "phase_time_s": record.seconds,
@@ -131,7 +54,7 @@ def summarize(
         **(
             {
                 "fisher_diagnostics": record.diagnostics,
-                "fisher_overlap": overlap_matrix(record.task_fishers),
+                "fisher_overlap": overlap_matrix(record.overlaps),
             }
             if record.diagnostics
             else {}
@@ -139,22 +62,6 @@ def summarize(
         **({kind: record.importance_stats} if kind else {}),
         "config": config,
     }
-
-
-def record_diagnostics(
-    record: Record,
-    logger: Logger,
-    task: int,
-    samples: int,
-    comparisons: dict[str, dict[str, dict[str, float | None]]],
-    exact: Tensor,
-) -> None:
-    """Task `task`'s estimator comparisons, and its exact Fisher for the overlaps; the
-    overlaps with every earlier task so far to the logger."""
-    record.diagnostics.append({"task": task + 1, "samples": samples, "per_parameter": comparisons})
-    record.task_fishers.append(exact)
-    overlaps = [fisher_overlap(earlier, exact) for earlier in record.task_fishers]
-    logger.log_diagnostics(task, comparisons, overlaps)
 
 
 def continual_summary(record: Record, config: dict[str, Any]) -> dict[str, Any]:

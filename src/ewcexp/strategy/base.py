@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ewcexp.config.schema import NonNegativeFloat
-from ewcexp.data.sequences import Task
+from ewcexp.data.scenarios import Task
 from ewcexp.importance.contract import ImportanceEstimator, TaskData
 from ewcexp.importance.penalty import QuadraticPenalty, Tensors
 

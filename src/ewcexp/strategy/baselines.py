@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ewcexp.data.sequences import Task
+from ewcexp.data.scenarios import Task
 from ewcexp.strategy.base import Strategy
 
 

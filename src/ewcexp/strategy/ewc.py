@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 
 from ewcexp.config.schema import Fraction, NonNegativeFloat
-from ewcexp.importance.contract import ImportanceEstimator
-from ewcexp.importance.kfac import KroneckerImportance
+from ewcexp.importance.contract import Importance, ImportanceEstimator
 from ewcexp.importance.penalty import Tensors, snapshot
 from ewcexp.strategy.base import PenaltyStrategy
 
@@ -31,7 +30,7 @@ class EWC(PenaltyStrategy):
 
     name = "ewc"
 
-    def consolidate(self, params: Tensors, importance: Tensors | KroneckerImportance) -> None:
+    def consolidate(self, params: Tensors, importance: Importance) -> None:
         self.penalty.add(importance, snapshot(params))  # Kronecker blocks too: still exact
 
 

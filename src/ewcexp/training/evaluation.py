@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ewcexp.data.sequences import Scenario, Task
+from ewcexp.data.scenarios import Scenario, Task
 
 
 @torch.inference_mode()

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ewcexp.config.schema import PositiveInt
-from ewcexp.data.sequences import Scenario, Task
-from ewcexp.reporting.loggers import Logger
+from ewcexp.data.scenarios import Scenario, Task
+from ewcexp.reporting.reporter import Reporter
 from ewcexp.strategy.base import Strategy
 from ewcexp.training.preemption import StopRequest
 
@@ -146,7 +146,7 @@ class TrainingLoop:
     optimizer: torch.optim.Optimizer
     strategy: Strategy
     params: list[Tensor]
-    logger: Logger
+    reporter: Reporter
     log_every: int
     stop: StopRequest
     probe: Callable[[int], None] | None = None  # called with the global step, every `probe_every`
@@ -236,20 +236,11 @@ class TrainingLoop:
     def report(
         self, step: int, task: int, task_step: int, loss: float, samples_per_s: float
     ) -> float:
-        """The training metrics at global `step` (`task_step` of the task, from 1) to the
-        logger; returns the penalty, checked to be finite."""
+        """Training so far at global `step` (`task_step` of the task, from 1) to the
+        reporter; returns the penalty, checked to be finite."""
         penalty = self.strategy.penalty_value(self.params)
         if not math.isfinite(penalty):
             raise Diverged("penalty", penalty, task, task_step, step)
-        self.logger.log_training(
-            {
-                "train/step": step,
-                "train/task": task + 1,
-                "train/loss": loss,
-                "train/penalty": penalty,
-                "train/penalty_share": penalty / (loss + penalty or 1.0),
-                "train/lr": self.optimizer.param_groups[0]["lr"],
-                "train/samples_per_s": samples_per_s,
-            }
-        )
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.reporter.trained(step, task, loss, penalty, lr, samples_per_s)
         return penalty

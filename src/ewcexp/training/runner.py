@@ -1,7 +1,8 @@
 """The experiment: learn the tasks one after another, consolidate each, evaluate every task.
 
-`run_experiment` builds the components the config names and owns the run's outcome (results,
-the logger, a stop, a divergence); `learn_sequence` is the loop.
+`run_experiment` wires the components the config names and owns the run's outcome (results,
+a stop, a divergence, a crash); `learn_sequence` is the loop. The loop only says what
+happened; the reporter (`ewcexp.reporting.reporter`) records it, logs it and writes it.
 """
 
 from __future__ import annotations
@@ -23,26 +24,17 @@ from torch import Tensor, nn
 
 from ewcexp.config.checks import ConfigError, settings_without_effect
 from ewcexp.config.seeds import generator, stream_seed
-from ewcexp.data.images import DataUnavailable
+from ewcexp.data import DataUnavailable
 from ewcexp.data.sequences import TaskSequence, build_sequence
-from ewcexp.importance.contract import TaskData, diagonal_of
-from ewcexp.importance.diagnostics import estimator_diagnostics
-from ewcexp.importance.fisher import ESTIMATORS, Fisher, estimate_fisher
-from ewcexp.model.networks import build_model
-from ewcexp.reporting.files import write_json_atomically
+from ewcexp.importance.contract import TaskData, diagonal_of, spectra_of
+from ewcexp.importance.diagnostics import diagnose
+from ewcexp.importance.fisher import Fisher
+from ewcexp.model import build_model
 from ewcexp.reporting.joblog import to_log_files
-from ewcexp.reporting.loggers import Logger, MetricsFile, Tee
 from ewcexp.reporting.metrics import average_accuracy
 from ewcexp.reporting.record import Record
-from ewcexp.reporting.results import (
-    format_report,
-    record_diagnostics,
-    record_importance,
-    record_spectra,
-    save_figures,
-    summarize,
-    task_metrics,
-)
+from ewcexp.reporting.reporter import Reporter
+from ewcexp.reporting.results import format_report
 from ewcexp.strategy.base import Strategy
 from ewcexp.training import checkpoint
 from ewcexp.training.evaluation import accuracy
@@ -69,10 +61,9 @@ class Run:
     model: nn.Module
     strategy: Strategy
     optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]
-    logger: Logger
+    reporter: Reporter
     device: torch.device
     output_dir: Path
-    record: Record
     diagnostics: Fisher | None = None  # fisher.diagnostics: the settings every estimator uses
     named: list[tuple[str, Tensor]] = field(init=False)
 
@@ -102,9 +93,9 @@ def run_experiment(
     run: Run | None = None
     try:
         run, state, logger_run_id = prepare(cfg, config, output_dir)
-        state.metrics = MetricsFile(output_dir, keep=state.metrics_offset)
-        run.logger = state.logger = Tee(run.logger, state.metrics)
-        run.logger.start(config, output_dir, group=run_group, name=run_name, run_id=logger_run_id)
+        run.reporter.start(
+            config, output_dir, run_group, run_name, logger_run_id, state.metrics_offset
+        )
         results = learn_and_conclude(run, state, config)
     except Exception as error:
         # the job's log says why it ended, for the report: unless the command's own one line,
@@ -126,29 +117,62 @@ def run_experiment(
     return results
 
 
+def prepare(
+    cfg: DictConfig, config: dict[str, Any], output_dir: Path
+) -> tuple[Run, LoopState, str | None]:
+    """The components `cfg` names, and the loop's state: fresh, or restored from the run
+    directory's checkpoint written with the same `config` (with the logger's run id)."""
+    started = time.perf_counter()
+    for warning in settings_without_effect(cfg):
+        log.warning(warning)
+    torch.manual_seed(stream_seed(cfg.seed, "weights"))  # the model's initial weights
+    device = instantiate(cfg.device).resolve()
+    sequence = build_sequence(cfg.task_sequence, cfg.data)
+    tasks = len(sequence.tasks)
+    model = build_model(
+        cfg.model, sequence.input_shape, sequence.scenario.output_size,
+        sample=sequence.images.train_images[:2],
+    ).to(device)  # fmt: skip
+    record = Record(torch.zeros(tasks, tasks), started=started)
+    run = Run(
+        cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
+        instantiate(cfg.optimizer), Reporter(record, instantiate(cfg.logger)), device,
+        output_dir, instantiate(cfg.fisher) if cfg.fisher.diagnostics else None,
+    )  # fmt: skip
+    state = LoopState(
+        model,
+        run.strategy,
+        run.reporter,
+        batch_rng=generator(cfg.seed, "batches"),
+        fisher_rng=generator(cfg.seed, "importance", device),
+    )
+    resumed = checkpoint.load(output_dir, config) if cfg.resume else None
+    if resumed is None:
+        return run, state, None
+    state.restore(resumed, output_dir)  # continue where the run stopped, in the same state
+    steps = f" and {state.task_steps} steps of the next" if state.task_steps else ""
+    log.info("resuming after task %d/%d%s from %s", state.tasks_done, tasks, steps, output_dir)
+    return run, state, resumed["logger_run_id"]
+
+
 def learn_and_conclude(run: Run, state: LoopState, config: dict[str, Any]) -> dict[str, Any]:
-    """Learn the tasks left, then write and log the outcome: results and figures, a
-    divergence's results, or (on a stop) a checkpoint and the exit for a requeue."""
+    """Learn the tasks left, then conclude: results and figures, a divergence's results, or
+    (on a stop) a checkpoint and the exit for a requeue. The one stop path."""
     results: dict[str, Any] | None = None
     with StopRequest() as stop:
         try:
+            diverged = None
             try:
                 learn_sequence(run, state, stop)
-            except Diverged as diverged:
-                log.error(divergence_line(run, diverged))
-                results = summarize(
-                    run.record, run.strategy, config, run.sequence, diverged=diverged.record()
+            except Diverged as error:
+                log.error(divergence_line(run, error))
+                diverged = error.record()
+            if diverged is not None or state.tasks_done == len(run.sequence.tasks):
+                results = run.reporter.concluded(
+                    run.strategy, config, run.sequence, run.output_dir, diverged=diverged
                 )
-                figures = {}  # of a run that did not happen: none
-            else:
-                if state.tasks_done == len(run.sequence.tasks):
-                    results = summarize(run.record, run.strategy, config, run.sequence)
-                    figures = save_figures(results, run.record, run.output_dir)
-            if results is not None:
-                write_json_atomically(run.output_dir / "results.json", results)
-                run.logger.log_summary(results, figures)
         finally:  # closed before a requeue can stop the logger's service
-            run.logger.finish(
+            run.reporter.finish(
                 failed=results is None or results["status"] != "completed",
                 preempted=stop.requested and results is None,
             )
@@ -170,44 +194,6 @@ def divergence_line(run: Run, diverged: Diverged) -> str:
     )
 
 
-def prepare(
-    cfg: DictConfig, config: dict[str, Any], output_dir: Path
-) -> tuple[Run, LoopState, str | None]:
-    """The components `cfg` names, and the loop's state: fresh, or restored from the run
-    directory's checkpoint written with the same `config` (with the logger's run id)."""
-    started = time.perf_counter()
-    for warning in settings_without_effect(cfg):
-        log.warning(warning)
-    torch.manual_seed(stream_seed(cfg.seed, "weights"))  # the model's initial weights
-    device = instantiate(cfg.device).resolve()
-    sequence = build_sequence(cfg.task_sequence, cfg.data)
-    record = Record(torch.zeros(len(sequence.tasks), len(sequence.tasks)), started=started)
-    model = build_model(
-        cfg.model, sequence.input_shape, sequence.scenario.output_size,
-        sample=sequence.images.train_images[:2],
-    ).to(device)  # fmt: skip
-    run = Run(
-        cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
-        instantiate(cfg.optimizer), instantiate(cfg.logger), device, output_dir, record,
-        instantiate(cfg.fisher) if cfg.fisher.diagnostics else None,
-    )  # fmt: skip
-    state = LoopState(
-        model,
-        run.strategy,
-        record,
-        run.logger,
-        batch_rng=generator(cfg.seed, "batches"),
-        fisher_rng=generator(cfg.seed, "importance", device),
-    )
-    resumed = checkpoint.load(output_dir, config) if cfg.resume else None
-    if resumed is None:
-        return run, state, None
-    state.restore(resumed, output_dir)  # continue where the run stopped, in the same state
-    steps = f" and {state.task_steps} steps of the next" if state.task_steps else ""
-    log.info("resuming after task %d/%d%s from %s", state.tasks_done, len(sequence.tasks), steps, output_dir)  # fmt: skip
-    return run, state, resumed["logger_run_id"]
-
-
 def learn_sequence(run: Run, state: LoopState, stop: StopRequest) -> LoopState:
     """The core loop: for each task left, train, consolidate, evaluate every task, checkpoint.
     When a stop is requested it returns early, its progress checkpointed."""
@@ -218,12 +204,13 @@ def learn_sequence(run: Run, state: LoopState, stop: StopRequest) -> LoopState:
             break
         loss, penalty = trained
         consolidate_task(run, state, t)
-        evaluate_tasks(run, state, t)
+        evaluate_tasks(run, t)
         state.tasks_done = t + 1
         state.save(run.output_dir, run.cfg)
         log.info(
             "task %d/%d (%s): loss %.3f, penalty %.4g, avg acc so far %.4f",
-            t + 1, len(tasks), tasks[t].name, loss, penalty, average_accuracy(run.record.acc, t),
+            t + 1, len(tasks), tasks[t].name, loss, penalty,
+            average_accuracy(run.reporter.record.acc, t),
         )  # fmt: skip
     return state
 
@@ -235,7 +222,7 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
     checkpoint is written of such a state."""
     tasks = run.sequence.tasks
     task_start_rng = state.batch_rng.get_state()  # a resumed task replays its batches from here
-    with run.record.timing("train"):
+    with run.reporter.timing("train"):
         seen = run.strategy.training_tasks(tasks[: t + 1])
         data = training_set(seen, run.sequence.scenario, t, run.device)
         steps = run.train.steps(tasks[t].train_size)
@@ -243,8 +230,8 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
         if state.optimizer_state is not None:  # mid-task, or carried over (reset_per_task=false)
             optimizer.load_state_dict(state.optimizer_state)
         loop = TrainingLoop(
-            run.model, optimizer, run.strategy, run.params, run.logger, run.train.log_every, stop,
-            probe=partial(evaluate_continually, run, t, state.step) if run.train.eval_every else None,
+            run.model, optimizer, run.strategy, run.params, run.reporter, run.train.log_every,
+            stop, probe=partial(evaluate_continually, run, t, state.step) if run.train.eval_every else None,
             probe_every=run.train.eval_every or 0,
         )  # fmt: skip
         description = f"task {t + 1}/{len(tasks)} [{run.strategy.name}]"
@@ -272,63 +259,36 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
 
 
 def consolidate_task(run: Run, state: LoopState, t: int) -> None:
-    """The strategy folds task `t` into its penalty; the importance it estimated is logged."""
+    """The strategy folds task `t` into its penalty; the importance it estimated is reported
+    (and, with `fisher.diagnostics`, every Fisher estimator beside it)."""
     data = TaskData.of(run.sequence.tasks[t], run.sequence.scenario, run.device, state.fisher_rng)
     draws_before = state.fisher_rng.get_state()
-    with run.record.timing("fisher"):
+    with run.reporter.timing("fisher"):
         importance = run.strategy.end_task(run.model, run.params, data)
+    accumulated = run.strategy.accumulated_importance()
     if importance is not None:  # its statistics and histograms need finite values
-        accumulated = run.strategy.accumulated_importance() or []
-        bad = first_non_finite([*diagonal_of(importance, run.params), *accumulated])
-        if bad is not None:
+        diagonal = diagonal_of(importance, run.params)
+        if (bad := first_non_finite([*diagonal, *(accumulated or [])])) is not None:
             steps = run.train.steps(run.sequence.tasks[t].train_size)
             raise Diverged("importance", bad, t, steps, state.step - 1)
     if run.diagnostics is not None:
-        with run.record.timing("diagnostics"):
-            diagnose_fisher(run, data, draws_before, t)
+        names = [name for name, _ in run.named]
+        with run.reporter.timing("diagnostics"):
+            found = diagnose(run.model, data, run.diagnostics, names, draws_before)
+            run.reporter.diagnosed(t, *found)
     if importance is not None:
-        accumulated = run.strategy.accumulated_importance()
-        record_importance(
-            run.record, run.logger, run.strategy.importance_kind, t,
-            run.by_name(diagonal_of(importance, run.params)),
+        spectra = spectra_of(importance)
+        layers = [name.removesuffix(".weight") for name, _ in run.named]
+        run.reporter.consolidated(
+            t, run.strategy.importance_kind, run.by_name(diagonal),
             run.by_name(accumulated) if accumulated else None,
+            {layers[i]: factors for i, factors in spectra.items()} if spectra else None,
         )  # fmt: skip
-        if hasattr(importance, "spectra"):  # Kronecker blocks
-            names = [name.removesuffix(".weight") for name, _ in run.named]
-            spectra = {names[i]: factors for i, factors in importance.spectra().items()}
-            record_spectra(run.record, run.logger, run.strategy.importance_kind, t, spectra)
-
-
-def diagnose_fisher(run: Run, data: TaskData, draws_before: Tensor, t: int) -> None:
-    """Every Fisher estimator on the samples the consolidation drew (its generator rewound),
-    compared with `exact`; the generator is left where the consolidation left it, so the
-    run's numbers do not depend on the diagnostics."""
-    settings, generator = run.diagnostics, data.generator
-    draws_after = generator.get_state()
-    generator.set_state(draws_before)
-    try:
-        images, labels = data.subset(settings.num_samples)
-        fishers = {
-            estimator: estimate_fisher(
-                run.model, images, labels, estimator=estimator, active=data.active,
-                chunk_size=settings.chunk_size, batch_size=settings.batch_size,
-                generator=generator,
-            )
-            for estimator in ESTIMATORS
-        }  # fmt: skip
-    finally:
-        generator.set_state(draws_after)
-    names = [name for name, _ in run.named]
-    exact = torch.cat([f.flatten() for f in fishers["exact"]]).cpu()
-    record_diagnostics(
-        run.record, run.logger, t, len(labels), estimator_diagnostics(fishers, names), exact
-    )
 
 
 def evaluate_continually(run: Run, t: int, task_start: int, step: int) -> None:
     """Continual evaluation at global `step` while task `t` trains: every task seen so far on
-    its first `train.eval_subset` test images, recorded and logged (its time counts as
-    training's)."""
+    its first `train.eval_subset` test images (its time counts as training's)."""
     acc = [
         accuracy(
             run.model, task, run.sequence.scenario, seen=t, device=run.device,
@@ -336,17 +296,17 @@ def evaluate_continually(run: Run, t: int, task_start: int, step: int) -> None:
         )
         for task in run.sequence.tasks[: t + 1]
     ]  # fmt: skip
-    point = {"step": step, "task": t + 1, "task_step": step - task_start, "acc": acc}
-    run.record.continual.append(point)
-    run.logger.log_continual(point)
+    run.reporter.probed(step, t, step - task_start, acc)
 
 
-def evaluate_tasks(run: Run, state: LoopState, t: int) -> None:
+def evaluate_tasks(run: Run, t: int) -> None:
     """Row t of the accuracy matrix: every task, learned or not yet, after learning task `t`."""
-    with run.record.timing("eval"):
-        for j, other in enumerate(run.sequence.tasks):
-            run.record.acc[t, j] = accuracy(
+    with run.reporter.timing("eval"):
+        row = [
+            accuracy(
                 run.model, other, run.sequence.scenario, seen=t, device=run.device,
                 batch_size=run.train.eval_batch_size,
-            )  # fmt: skip
-    run.logger.log_task(t, task_metrics(run.record.acc, t))
+            )
+            for other in run.sequence.tasks
+        ]  # fmt: skip
+    run.reporter.evaluated(t, row)

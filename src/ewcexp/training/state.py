@@ -12,8 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from ewcexp.reporting.loggers import Logger, MetricsFile
-from ewcexp.reporting.record import Record
+from ewcexp.reporting.reporter import Reporter
 from ewcexp.strategy.base import Strategy
 from ewcexp.training import checkpoint
 
@@ -24,16 +23,14 @@ class LoopState:
 
     model: nn.Module
     strategy: Strategy
-    record: Record
-    logger: Logger
+    reporter: Reporter  # its record, its logger's run id, its metrics file's length
     batch_rng: torch.Generator
     fisher_rng: torch.Generator
     tasks_done: int = 0
     step: int = 0  # global training step at the start of the current task
     task_steps: int = 0  # steps of the current task done when a stop was requested mid-task
     optimizer_state: dict[str, Any] | None = None  # mid-task, or carried to the next task
-    metrics: MetricsFile | None = None  # the run's metrics.jsonl, cut back to this on resuming
-    metrics_offset: int | None = 0  # its length at the checkpoint (None: an older checkpoint)
+    metrics_offset: int | None = 0  # metrics.jsonl's length at the checkpoint (None: older)
 
     def state_dict(self) -> dict[str, Any]:
         state = {
@@ -42,12 +39,12 @@ class LoopState:
             "task_steps": self.task_steps,
             "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(),
-            "record": self.record.state_dict(),
+            "record": self.reporter.record.state_dict(),
             "batch_rng": self.batch_rng.get_state(),
             "fisher_rng": self.fisher_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
-            "logger_run_id": self.logger.run_id,
-            "metrics_offset": self.metrics.position() if self.metrics is not None else None,
+            "logger_run_id": self.reporter.run_id,
+            "metrics_offset": self.reporter.metrics_position(),
         }
         if self.optimizer_state is not None:
             state["optimizer"] = self.optimizer_state
@@ -56,7 +53,7 @@ class LoopState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.strategy.load_state_dict(state["strategy"])
-        self.record.load_state_dict(state["record"])
+        self.reporter.record.load_state_dict(state["record"], tasks_done=state["tasks_done"])
         self.batch_rng.set_state(state["batch_rng"])
         self.fisher_rng.set_state(state["fisher_rng"])
         torch.set_rng_state(state["torch_rng"])
