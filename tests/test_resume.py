@@ -183,3 +183,61 @@ def test_stop_request_defers_the_signal_then_hands_it_to_the_previous_handler(si
         assert received == [signum, signum]
     finally:
         signal.signal(signum, original)
+
+
+# where each config node's `_target_` lived before the package moved into layer folders
+TARGETS_BEFORE_THE_LAYERS = {
+    "TrainSettings": "ewcexp.training.TrainSettings",
+    "load_images": "ewcexp.data.load_images",
+    "PermutedSequence": "ewcexp.task_sequence.PermutedSequence",
+    "MLP": "ewcexp.model.MLP",
+    "Fisher": "ewcexp.fisher.Fisher",
+    "Adam": "ewcexp.optimizer.Adam",
+    "Device": "ewcexp.device.Device",
+}
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_the_layers_resumes_to_the_uninterrupted_numbers(
+    tmp_path, data_root
+):
+    """A checkpoint written before the move names the old module paths in its config and keeps
+    no per-task metrics or Fisher overlaps in its record: it still resumes (settings are
+    compared, not module paths), and the run ends with an uninterrupted run's numbers."""
+    import torch
+
+    diagnosed = ["fisher.diagnostics=true"]
+    whole = run_cli(*ARGS, *diagnosed, cwd=tmp_path / "whole", data_root=data_root)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    stopped = killed_run(
+        "ewcexp.training.runner.evaluate_tasks", 2, run_dir, data_root, signal.SIGKILL, *diagnosed
+    )
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-2000:]
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert saved["tasks_done"] == 1
+    config = json.loads(saved["config"])
+    moved = []
+
+    def to_old_paths(node: object) -> None:
+        if isinstance(node, dict):
+            name = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+            if name in TARGETS_BEFORE_THE_LAYERS:
+                node["_target_"] = TARGETS_BEFORE_THE_LAYERS[name]
+                moved.append(name)
+            for value in node.values():
+                to_old_paths(value)
+
+    config["logger"]["_target_"] = "ewcexp.logger.NoLogger"  # logger=none, then
+    to_old_paths(config)
+    assert {"TrainSettings", "Fisher", "MLP", "PermutedSequence"} <= set(moved)
+    saved["config"] = json.dumps(config)
+    del saved["record"]["per_task"], saved["record"]["overlaps"]
+    torch.save(saved, run_dir / "checkpoint.pt")
+    resumed = run_cli(*ARGS, *diagnosed, cwd=tmp_path, data_root=data_root)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after task 1/4" in resumed.stdout + resumed.stderr
+    after = json.loads((run_dir / "results.json").read_text())
+    before = json.loads((tmp_path / "whole" / "run" / "results.json").read_text())
+    for key in ("acc_matrix", "avg_acc", "bwt", "forgetting", "per_task", "fisher_overlap"):
+        assert after[key] == before[key], key

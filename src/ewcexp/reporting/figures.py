@@ -3,6 +3,10 @@
 Drawn on `matplotlib.figure.Figure`s of their own, never through `pyplot`: no backend is
 chosen or switched (a notebook that imports ewcexp keeps its own), no display is needed, and
 no figure is left open in pyplot's registry.
+
+Each figure should read without the text around it: every axis is labelled (with its unit),
+every mark is named in a legend or a label, legends sit outside the axes (they never hide
+data), and bars start at 0.
 """
 
 from __future__ import annotations
@@ -12,15 +16,20 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 from matplotlib.patches import Rectangle
+from matplotlib.transforms import blended_transform_factory
 from torch import Tensor
+
+MAX_NAMED = 12  # lines named in a legend; more would not fit (W&B has each one by name)
+EPS_EXPONENT = -12  # histograms are of log10(|importance| + 1e-12): exact zeros land at -12
 
 
 def accuracy_heatmap(acc_matrix: list[list[float]], title: str, path: Path) -> Path:
     """R[i][j] as a heatmap; the cells of tasks not yet trained are hatched."""
     matrix = np.array(acc_matrix) * 100
     size = len(matrix)
-    figure, axes = _subplots(figsize=(max(4.5, 1.5 + 0.6 * size), max(3.5, 1.0 + 0.5 * size)))
+    figure, axes = _subplots(figsize=(max(5.0, 2.0 + 0.6 * size), max(3.8, 1.3 + 0.5 * size)))
     image = axes.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
     for i in range(size):
         for j in range(size):
@@ -48,7 +57,7 @@ def accuracy_heatmap(acc_matrix: list[list[float]], title: str, path: Path) -> P
     ticks = range(size)
     axes.set_xticks(ticks, [str(j + 1) for j in ticks])
     axes.set_yticks(ticks, [str(i + 1) for i in ticks])
-    axes.set_xlabel("evaluated on task")
+    axes.set_xlabel("evaluated on task\n(hatched: that task not trained yet)")
     axes.set_ylabel("after training task")
     axes.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axes, label="test accuracy (%)")
@@ -60,16 +69,16 @@ def accuracy_curves(acc_matrix: list[list[float]], title: str, path: Path) -> Pa
     matrix = np.array(acc_matrix) * 100
     size = len(matrix)
     steps = np.arange(1, size + 1)
-    figure, axes = _subplots(figsize=(6, 4))
+    figure, axes = _subplots(figsize=(7, 4))
     for j in range(size):
         axes.plot(steps[j:], matrix[j:, j], marker=".", linewidth=1, label=f"task {j + 1}")
     seen = [matrix[i, : i + 1].mean() for i in range(size)]
-    axes.plot(steps, seen, color="black", linewidth=2.5, label="average (seen)")
+    axes.plot(steps, seen, color="black", linewidth=2.5, label="average over\nthe tasks trained")
     axes.set_xlabel("tasks trained")
     axes.set_ylabel("test accuracy (%)")
     axes.set_xticks(steps)
     axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=7, ncols=2)
+    _legend_outside(axes, title="accuracy on", ncols=1 if size <= 12 else 2)
     return _save(figure, path)
 
 
@@ -78,16 +87,16 @@ def importance_histograms(
 ) -> Path:
     """One outline per parameter tensor: counts of log10(|importance| + eps). Named in a legend up to 12
     tensors; a deep network's dozens would not fit, and W&B has each one by name anyway."""
-    figure, axes = _subplots(figsize=(6, 4))
+    figure, axes = _subplots(figsize=(7.5, 4))
     for name, (counts, edges) in histograms.items():
         axes.stairs(counts, edges, label=name)
     axes.set_yscale("log")
-    axes.set_xlabel(f"log10(|{kind}| + 1e-12)")
-    axes.set_ylabel("parameters")
-    if len(histograms) <= 12:
-        axes.legend(fontsize=7)
+    axes.set_xlabel(f"log10(|{kind}| + 1e-12), per parameter  ({EPS_EXPONENT}: {kind} exactly 0)")
+    axes.set_ylabel("number of parameters (log scale)")
+    if len(histograms) <= MAX_NAMED:
+        _legend_outside(axes, title="parameter tensor")
     else:
-        title = f"{title} ({len(histograms)} parameter tensors)"
+        title = f"{title}\n({len(histograms)} parameter tensors, too many to name)"
     axes.set_title(title, fontsize=9)
     return _save(figure, path)
 
@@ -95,7 +104,7 @@ def importance_histograms(
 def continual_curves(points: list[dict], title: str, path: Path) -> Path:
     """Each task's accuracy on its test subset against the global step, from the task's own
     start; dashed lines at the task switches."""
-    figure, axes = _subplots(figsize=(8, 4))
+    figure, axes = _subplots(figsize=(9, 4))
     tasks = max(p["task"] for p in points)
     for j in range(tasks):
         seen = [p for p in points if p["task"] > j]
@@ -106,13 +115,15 @@ def continual_curves(points: list[dict], title: str, path: Path) -> Path:
             label=f"task {j + 1}",
         )
     starts = {p["task"]: p["step"] - p["task_step"] for p in points}  # tasks evaluated in
+    switch = "next task starts"
     for t in range(2, tasks + 1):
         if t in starts:
-            axes.axvline(starts[t], color="grey", linestyle="--", linewidth=0.8)
-    axes.set_xlabel("training step")
-    axes.set_ylabel("test accuracy on the subset (%)")
-    axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=7, ncols=2)
+            axes.axvline(starts[t], color="grey", linestyle="--", linewidth=0.8, label=switch)
+            switch = "_"  # one legend entry for all the switches
+    axes.set_xlabel("training step (all tasks, one after another)")
+    axes.set_ylabel("test accuracy on the evaluation subset (%)")
+    axes.set_title(f"{title}: accuracy during training", fontsize=9)
+    _legend_outside(axes, title="accuracy on", ncols=1 if tasks <= 12 else 2)
     return _save(figure, path)
 
 
@@ -123,26 +134,49 @@ def estimator_comparison(
     correlation, relative error, and the factor λ must change by (log scale)."""
     names = list(comparisons)
     estimators = list(comparisons[names[0]])
-    figure, panels = _subplots(1, 3, figsize=(12, 4))
+    stacked = len(names) > 10
+    if not stacked:  # side by side
+        figure, panels = _subplots(1, 3, figsize=(3 * max(3.4, 1.2 + 0.3 * len(names)) + 1.8, 4.8))
+    else:  # a deep network's tensors: one above the other, the full width for the names
+        figure, panels = _subplots(3, 1, figsize=(max(8, 3.5 + 0.22 * len(names)), 10), sharex=True)
     width = 0.8 / len(estimators)
-    for axes, stat in zip(panels, ("spearman", "relative_error", "scale_ratio"), strict=True):
+    where = np.arange(len(names))
+    panel_text = {
+        "spearman": ("rank correlation", "Spearman ρ with exact\n(1: same order)"),
+        "relative_error": ("relative error", "‖F − E‖ / ‖E‖\n(0: equal to exact)"),
+        "scale_ratio": ("scale ratio: λ's factor", "ΣE / ΣF, log scale\n(1: same scale as exact)"),
+    }
+    for axes, (stat, (heading, unit)) in zip(panels, panel_text.items(), strict=True):
+        below = blended_transform_factory(axes.transData, axes.transAxes)
         for k, estimator in enumerate(estimators):
             values = [comparisons[n][estimator][stat] for n in names]
             heights = [np.nan if v is None else v for v in values]
-            axes.bar(np.arange(len(names)) + k * width, heights, width, label=estimator)
-        axes.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=60, fontsize=6)
-        axes.set_title(stat.replace("_", " ") + " vs exact", fontsize=9)
+            axes.bar(where + k * width, heights, width, label=estimator)
+            for x, value in zip(where + k * width, values, strict=True):
+                if value is None:  # a constant side: no rank correlation, no scale
+                    axes.text(x, 0.02, "n/a", transform=below, rotation=90, fontsize=6,
+                              ha="center", va="bottom")  # fmt: skip
         if stat == "scale_ratio":
             axes.set_yscale("log")
-    panels[0].legend(fontsize=7, loc="lower left")
-    figure.suptitle(f"{title}: Fisher estimators", fontsize=9)
+            axes.axhline(1, color="black", linestyle=":", linewidth=1, label="same as exact")
+        axes.set_xticks(
+            where + 0.4 - width / 2, names, rotation=45, ha="right", rotation_mode="anchor",
+            fontsize=7,
+        )  # fmt: skip
+        if axes is panels[-1] or not stacked:
+            axes.set_xlabel("parameter tensor")
+        axes.set_ylabel(unit)
+        axes.set_title(f"{heading} vs exact", fontsize=9)
+    handles = panels[-1].get_legend_handles_labels()[0]  # the bars and the line at 1
+    _legend_outside(panels[0] if stacked else panels[-1], handles=handles, title="estimator")
+    figure.suptitle(f"{title}: Fisher estimators (F) against the exact Fisher (E)", fontsize=9)
     return _save(figure, path)
 
 
 def overlap_heatmap(overlaps: list[list[float]], title: str, path: Path) -> Path:
     """Task × task Fisher overlap (1: identical, 0: disjoint)."""
     size = len(overlaps)
-    figure, axes = _subplots(figsize=(1.0 + 0.6 * size, 0.8 + 0.6 * size))
+    figure, axes = _subplots(figsize=(max(4.6, 2.2 + 0.6 * size), max(3.8, 1.4 + 0.6 * size)))
     image = axes.imshow(np.array(overlaps), vmin=0, vmax=1, cmap="viridis")
     for i in range(size):
         for j in range(size):
@@ -151,36 +185,58 @@ def overlap_heatmap(overlaps: list[list[float]], title: str, path: Path) -> Path
     ticks = [str(t + 1) for t in range(size)]
     axes.set_xticks(range(size), ticks)
     axes.set_yticks(range(size), ticks)
-    axes.set_xlabel("task")
-    axes.set_ylabel("task")
-    figure.colorbar(image, ax=axes, fraction=0.046)
-    axes.set_title(f"Fisher overlap\n{title}", fontsize=8)
+    axes.set_xlabel("Fisher after task")
+    axes.set_ylabel("Fisher after task")
+    figure.colorbar(image, ax=axes, fraction=0.046, label="overlap\n(1: identical, 0: disjoint)")
+    axes.set_title(f"Fisher overlap between tasks\n{title}", fontsize=8)
     return _save(figure, path)
 
 
 def stability_gap_bars(gaps: list[dict], title: str, path: Path) -> Path:
-    """Per task: its accuracy before the next task, the lowest during it (the gap's depth
-    between), and the steps into the next task until it was back (✗: not within it)."""
-    figure, axes = _subplots(figsize=(6, 4))
-    labels = [f"task {g['task']}\nduring {g['during']}" for g in gaps]
+    """Per task, side by side: its accuracy before the next task and the lowest during it (the
+    gap's depth between), on an axis from 0; under each pair, the depth and the steps into the
+    next task until it was back (or that it was not back within it)."""
+    figure, axes = _subplots(figsize=(max(6.5, 2.5 + 1.5 * len(gaps)), 4.4))
+    where = np.arange(len(gaps))
+    width = 0.38
     before = [100 * g["before"] for g in gaps]
     lowest = [100 * g["min"] for g in gaps]
-    axes.bar(labels, before, color="lightgrey", label="before the switch")
-    axes.bar(labels, lowest, color="tab:red", label="lowest after it")
-    for x, g in enumerate(gaps):
-        recovered = "✗" if g["steps_to_recover"] is None else f"{g['steps_to_recover']} steps"
-        axes.annotate(recovered, (x, 100 * g["before"]), ha="center", va="bottom", fontsize=7)
-    axes.set_ylim(min(lowest) - 5, 100)
-    axes.set_ylabel("test accuracy on the subset (%)")
-    axes.set_title(f"{title}: stability gap, and steps to recover", fontsize=9)
-    axes.legend(fontsize=7, loc="lower right")
+    bars = axes.bar(where - width / 2, before, width, color="lightgrey", edgecolor="grey",
+                    label="last, while\nit trained")  # fmt: skip
+    dips = axes.bar(where + width / 2, lowest, width, color="tab:red",
+                    label="lowest, while\nthe next task trained")  # fmt: skip
+    axes.bar_label(bars, fmt="%.1f", label_type="center", fontsize=7)
+    axes.bar_label(dips, fmt="%.1f", label_type="center", fontsize=7, color="white")
+    axes.set_xticks(where, [_gap_label(g) for g in gaps], fontsize=7)
+    axes.set_xlim(-0.6, len(gaps) - 0.4)
+    axes.set_ylim(0, 100)
+    axes.set_xlabel(
+        "task, while the next one trains: the dip, and steps until recovered", fontsize=8
+    )
+    axes.set_ylabel("test accuracy on the evaluation subset (%)")
+    axes.set_title(f"{title}: stability gap", fontsize=9)
+    _legend_outside(axes, title="accuracy on the task")
     return _save(figure, path)
+
+
+def _gap_label(gap: dict) -> str:
+    """A bar pair's tick label: which task, during which, how deep, and whether it came back."""
+    steps = gap["steps_to_recover"]
+    depth = 100 * (gap["before"] - gap["min"])
+    if steps == 0:
+        back = "no dip"
+    elif steps is None:
+        back = f"not recovered\nwithin task {gap['during']}"
+    else:
+        back = f"recovered after\n{steps} steps"
+    dip = f"dip {depth:.1f} points\n" if depth > 0 else ""
+    return f"task {gap['task']} during {gap['during']}\n{dip}{back}"
 
 
 def eigenvalue_spectra(spectra: dict[str, dict[str, Tensor]], title: str, path: Path) -> Path:
     """Left A, right G: each layer's eigenvalues, largest first, against their rank divided
     by the factor's size (layers of different widths side by side), on log scales."""
-    figure, panels = _subplots(1, 2, figsize=(9, 4), sharey=True)
+    figure, panels = _subplots(1, 2, figsize=(10.5, 4.2), sharey=True)
     for axes, factor in zip(panels, ("A", "G"), strict=True):
         for layer, factors in spectra.items():
             values = factors[factor].detach().double().cpu().flip(0).clamp_min(1e-12).numpy()
@@ -188,13 +244,23 @@ def eigenvalue_spectra(spectra: dict[str, dict[str, Tensor]], title: str, path: 
             axes.plot(ranks, values, label=f"{layer} ({len(values)})")
         axes.set_xscale("log")
         axes.set_yscale("log")
-        axes.set_xlabel("eigenvalue rank / size")
-        axes.set_title(f"{factor}: {'inputs' if factor == 'A' else 'output gradients'}", fontsize=9)
-        if len(spectra) <= 12:
-            axes.legend(fontsize=7)
-    panels[0].set_ylabel("eigenvalue")
-    figure.suptitle(title, fontsize=9)
+        axes.set_xlabel("eigenvalue's rank / factor size (largest first)")
+        side = "layer inputs" if factor == "A" else "gradients w.r.t. layer outputs"
+        axes.set_title(f"factor {factor}: {side}", fontsize=9)
+    panels[0].set_ylabel("eigenvalue (floored at 1e-12)")
+    if len(spectra) <= MAX_NAMED:
+        _legend_outside(panels[-1], title="layer (factor size)")
+    figure.suptitle(f"{title}: K-FAC factors' eigenvalues", fontsize=9)
     return _save(figure, path)
+
+
+def _legend_outside(axes: Any, **options: Any) -> Legend:
+    """The axes' legend to their right, outside them: it never hides data."""
+    legend = axes.legend(
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=7, **options
+    )
+    legend.get_title().set_fontsize(7)
+    return legend
 
 
 def _subplots(*grid: int, **options: Any) -> tuple[Figure, Any]:
@@ -205,6 +271,8 @@ def _subplots(*grid: int, **options: Any) -> tuple[Figure, Any]:
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    """tight_layout makes room for the labels and outside legends; bbox_inches="tight" keeps
+    anything that still sticks out (a very long name) in the file."""
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)
     return path
