@@ -207,6 +207,7 @@ def test_a_checkpoint_from_before_the_layers_resumes_to_the_uninterrupted_number
     import torch
 
     diagnosed = ["fisher.diagnostics=true"]
+    (tmp_path / "whole").mkdir()
     whole = run_cli(*ARGS, *diagnosed, cwd=tmp_path / "whole", data_root=data_root)
     assert whole.returncode == 0, whole.stderr[-2000:]
     run_dir = tmp_path / "run"
