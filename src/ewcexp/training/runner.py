@@ -11,8 +11,6 @@ import errno
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,62 +18,31 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor, nn
 
 from ewcexp.config.checks import ConfigError, settings_without_effect
 from ewcexp.config.seeds import generator, stream_seed
 from ewcexp.data import DataUnavailable
-from ewcexp.data.sequences import TaskSequence, build_sequence
+from ewcexp.data.sequences import build_sequence
 from ewcexp.importance.contract import TaskData, diagonal_of, spectra_of
 from ewcexp.importance.diagnostics import diagnose
-from ewcexp.importance.fisher import Fisher
 from ewcexp.model import build_model
 from ewcexp.reporting.joblog import to_log_files
 from ewcexp.reporting.metrics import average_accuracy
 from ewcexp.reporting.record import Record
 from ewcexp.reporting.reporter import Reporter
 from ewcexp.reporting.results import format_report
-from ewcexp.strategy.base import Strategy
 from ewcexp.training import checkpoint
 from ewcexp.training.evaluation import accuracy
 from ewcexp.training.loop import (
     Diverged,
     TrainingLoop,
-    TrainSettings,
     first_non_finite,
     training_set,
 )
 from ewcexp.training.preemption import StopRequest
-from ewcexp.training.state import LoopState
+from ewcexp.training.state import LoopState, Run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Run:
-    """What stays fixed while the sequence is learned: the components and where to write."""
-
-    cfg: DictConfig
-    train: TrainSettings
-    sequence: TaskSequence
-    model: nn.Module
-    strategy: Strategy
-    optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]
-    reporter: Reporter
-    device: torch.device
-    output_dir: Path
-    diagnostics: Fisher | None = None  # fisher.diagnostics: the settings every estimator uses
-    named: list[tuple[str, Tensor]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-
-    @property
-    def params(self) -> list[Tensor]:
-        return [p for _, p in self.named]
-
-    def by_name(self, tensors: list[Tensor]) -> dict[str, Tensor]:
-        return {n: t for (n, _), t in zip(self.named, tensors, strict=True)}
 
 
 def run_experiment(

@@ -1,20 +1,52 @@
-"""The loop's state: everything a checkpoint restores so that a resumed run continues exactly
-as if never stopped (the model, the strategy, the record so far, the random streams, where)."""
+"""A run's two halves: what stays fixed while the sequence is learned (`Run`: the components
+the config names, where to write), and what changes, which a checkpoint restores so that a
+resumed run continues exactly as if never stopped (`LoopState`)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
+from ewcexp.data.sequences import TaskSequence
+from ewcexp.importance.fisher import Fisher
 from ewcexp.reporting.reporter import Reporter
 from ewcexp.strategy.base import Strategy
 from ewcexp.training import checkpoint
+from ewcexp.training.loop import TrainSettings
+
+
+@dataclass
+class Run:
+    """What stays fixed while the sequence is learned: the components and where to write."""
+
+    cfg: DictConfig
+    train: TrainSettings
+    sequence: TaskSequence
+    model: nn.Module
+    strategy: Strategy
+    optimizer: Callable[[list[Tensor]], torch.optim.Optimizer]
+    reporter: Reporter
+    device: torch.device
+    output_dir: Path
+    diagnostics: Fisher | None = None  # fisher.diagnostics: the settings every estimator uses
+    named: list[tuple[str, Tensor]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def params(self) -> list[Tensor]:
+        return [p for _, p in self.named]
+
+    def by_name(self, tensors: list[Tensor]) -> dict[str, Tensor]:
+        return {n: t for (n, _), t in zip(self.named, tensors, strict=True)}
 
 
 @dataclass
