@@ -73,6 +73,14 @@ def metrics(run_dir: Path) -> dict:
     }
 
 
+def whole_run(tmp_path: Path, data_root: Path, *extra: str) -> dict:
+    """results.json of a run of ARGS and `extra` never stopped (in `tmp_path`/whole)."""
+    (tmp_path / "whole").mkdir()
+    done = run_cli(*ARGS, *extra, cwd=tmp_path / "whole", data_root=data_root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads((tmp_path / "whole" / "run" / "results.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root) -> dict:
     cwd = tmp_path_factory.mktemp("uninterrupted")
@@ -207,9 +215,7 @@ def test_a_checkpoint_from_before_the_layers_resumes_to_the_uninterrupted_number
     import torch
 
     diagnosed = ["fisher.diagnostics=true"]
-    (tmp_path / "whole").mkdir()
-    whole = run_cli(*ARGS, *diagnosed, cwd=tmp_path / "whole", data_root=data_root)
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    before = whole_run(tmp_path, data_root, *diagnosed)
     run_dir = tmp_path / "run"
     stopped = killed_run(
         "ewcexp.training.runner.evaluate_tasks", 2, run_dir, data_root, signal.SIGKILL, *diagnosed
@@ -239,6 +245,5 @@ def test_a_checkpoint_from_before_the_layers_resumes_to_the_uninterrupted_number
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming after task 1/4" in resumed.stdout + resumed.stderr
     after = json.loads((run_dir / "results.json").read_text())
-    before = json.loads((tmp_path / "whole" / "run" / "results.json").read_text())
     for key in ("acc_matrix", "avg_acc", "bwt", "forgetting", "per_task", "fisher_overlap"):
         assert after[key] == before[key], key

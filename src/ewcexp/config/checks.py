@@ -99,6 +99,15 @@ def check_config(cfg: DictConfig) -> None:
         check_value(str(key), cfg[key], TOP_LEVEL_KEYS[key])
     for key in sections:
         check_component(str(key), cfg[key])
+    replay, strategy = cfg.get("replay"), cfg.get("strategy")
+    if isinstance(replay, DictConfig) and replay.get("size") and isinstance(strategy, DictConfig):
+        method = declared_keys(strategy._target_)[0]
+        if not getattr(method, "replays", True):
+            raise ConfigError(
+                f"replay.size={replay.size} is not allowed with strategy="
+                f"{getattr(method, 'name', strategy._target_)}: it trains on every task's "
+                "data already; use replay.size=0"
+            )
 
 
 def check_component(path: str, node: DictConfig) -> None:

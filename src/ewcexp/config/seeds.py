@@ -1,6 +1,6 @@
 """One run seed, independent random streams: weight initialisation, batch order, the task
 sequence's draws (pixel permutations, rotation angles, a random class order) and the
-importance estimators' sampling each get a generator of their own.
+importance estimators' sampling and the replay memory each get a generator of their own.
 
 Seeding them all with the same integer would make them draw the same raw numbers (task 1's
 Fisher samples would be the first samples of its first epoch). Each stream's seed is instead
@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-STREAMS = {"weights": 0, "batches": 1, "tasks": 2, "importance": 3}  # never renumber: seeds change
+# never renumber: seeds change
+STREAMS = {"weights": 0, "batches": 1, "tasks": 2, "importance": 3, "replay": 4}
 
 
 def stream_seed(seed: int, purpose: str) -> int:

@@ -32,6 +32,7 @@ class Strategy:
     """
 
     name: ClassVar[str]  # as results.json and the logs call it
+    replays: ClassVar[bool] = True  # trains on a replay memory when replay.size > 0
 
     def __init__(self) -> None:
         self.penalty: QuadraticPenalty | None = None

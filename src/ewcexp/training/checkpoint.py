@@ -119,6 +119,8 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     as the name of what it builds, not the module it lives in: a checkpoint compares settings,
     so one written before a module moved still resumes."""
     config = json.loads(json.dumps(config), object_hook=_target_by_name)
+    if config.get("replay", {}).get("size") == 0:  # no memory: as before the section existed
+        config.pop("replay")
     for key in IGNORED_KEYS:
         *parents, last = key.split(".")
         node = config

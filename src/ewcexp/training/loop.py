@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ewcexp.config.schema import PositiveInt
+from ewcexp.data.replay import ReplayMemory
 from ewcexp.data.scenarios import Scenario, Task
 from ewcexp.reporting.reporter import Reporter
 from ewcexp.strategy.base import Strategy
@@ -139,6 +140,38 @@ def active_cross_entropy(
 
 
 @dataclass
+class Replay:
+    """Experience replay (Chaudhry et al. 2019): each step of the second task on trains on its
+    minibatch and `batch_size` samples drawn from `memory`, concatenated (one mean loss); each
+    step's minibatch is then offered to the memory. `bounds[k]`: the output units active for
+    a sample of task k now ([lo, hi), as the scenario gives them to the current task)."""
+
+    memory: ReplayMemory
+    batch_size: int
+    bounds: Tensor
+
+    @classmethod
+    def of(
+        cls, memory: ReplayMemory | None, batch_size: int, scenario: Scenario, tasks: int, task: int
+    ) -> Replay | None:
+        """Task `task`'s replay (of `tasks`): None without a memory."""
+        if memory is None:
+            return None
+        active = [scenario.active(k, seen=task) for k in range(tasks)]
+        return cls(memory, batch_size, torch.tensor([[a.start, a.stop] for a in active]))
+
+    def added_to(
+        self, images: Tensor, units: Tensor, lo: Tensor | int, hi: Tensor | int
+    ) -> tuple[Tensor, Tensor, Tensor | int, Tensor | int]:
+        kept, kept_units, tasks = self.memory.draw(self.batch_size)
+        images, units = torch.cat([images, kept]), torch.cat([units, kept_units])
+        if isinstance(lo, int) and isinstance(hi, int):  # the same units for every sample
+            return images, units, lo, hi
+        bounds = self.bounds.to(units.device)[tasks]
+        return images, units, torch.cat([lo, bounds[:, 0]]), torch.cat([hi, bounds[:, 1]])
+
+
+@dataclass
 class TrainingLoop:
     """Minibatch steps with the strategy's hooks, reporting every `log_every` steps."""
 
@@ -151,6 +184,7 @@ class TrainingLoop:
     stop: StopRequest
     probe: Callable[[int], None] | None = None  # called with the global step, every `probe_every`
     probe_every: int = 0
+    replay: Replay | None = None
 
     def run(
         self,
@@ -169,7 +203,12 @@ class TrainingLoop:
         Every step's loss is checked (a step late, so a GPU never waits for it), the penalty at
         each report: `Diverged` when one is not finite."""
         images, targets, lo, hi = data
-        shared = bool((lo == lo[0]).all() and (hi == hi[0]).all())  # all but task-incremental joint
+        replaying = self.replay is not None and task > 0
+        # the same units for every sample: all but task-incremental joint training or replay
+        shared = bool((lo == lo[0]).all() and (hi == hi[0]).all())
+        if shared and replaying:
+            seen = self.replay.bounds[: task + 1]
+            shared = bool((seen[:, 0] == lo[0].cpu()).all() and (seen[:, 1] == hi[0].cpu()).all())
         if shared:
             lo, hi = int(lo[0]), int(hi[0])
         self.model.train()
@@ -203,17 +242,18 @@ class TrainingLoop:
                 if self.stop.requested:
                     return step, loss_value
                 batch = batch.to(images.device)
-                logits = self.model(images[batch])
-                loss = (
-                    active_cross_entropy(logits, targets[batch], lo, hi)
-                    if shared
-                    else active_cross_entropy(logits, targets[batch], lo[batch], hi[batch])
-                )
+                inputs, units = images[batch], targets[batch]
+                bounds = (lo, hi) if shared else (lo[batch], hi[batch])
+                if replaying:
+                    inputs, units, *bounds = self.replay.added_to(inputs, units, *bounds)
+                loss = active_cross_entropy(self.model(inputs), units, *bounds)
                 pending = (step, *_to_host(loss))
                 self.strategy.write_penalty_gradient(self.params)
                 loss.backward()
                 self.optimizer.step()
                 self.strategy.after_step(self.params)
+                if self.replay is not None:
+                    self.replay.memory.add(images[batch], targets[batch], task)
                 since += len(batch)
                 if self.probe and (first_step + step + 1) % self.probe_every == 0:
                     self.probe(first_step + step + 1)

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from ewcexp.config.checks import ConfigError, settings_without_effect
 from ewcexp.config.seeds import generator, stream_seed
 from ewcexp.data import DataUnavailable
+from ewcexp.data.replay import replay_memory
 from ewcexp.data.sequences import build_sequence
 from ewcexp.importance.contract import TaskData, diagonal_of, spectra_of
 from ewcexp.importance.diagnostics import diagnose
@@ -35,6 +36,7 @@ from ewcexp.training import checkpoint
 from ewcexp.training.evaluation import accuracy
 from ewcexp.training.loop import (
     Diverged,
+    Replay,
     TrainingLoop,
     first_non_finite,
     training_set,
@@ -104,7 +106,8 @@ def prepare(
     run = Run(
         cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
         instantiate(cfg.optimizer), Reporter(record, instantiate(cfg.logger)), device,
-        output_dir, instantiate(cfg.fisher) if cfg.fisher.diagnostics else None,
+        output_dir, instantiate(cfg.replay),
+        instantiate(cfg.fisher) if cfg.fisher.diagnostics else None,
     )  # fmt: skip
     state = LoopState(
         model,
@@ -112,6 +115,7 @@ def prepare(
         run.reporter,
         batch_rng=generator(cfg.seed, "batches"),
         fisher_rng=generator(cfg.seed, "importance", device),
+        memory=replay_memory(run.replay, sequence.tasks, cfg.seed),
     )
     resumed = checkpoint.load(output_dir, config) if cfg.resume else None
     if resumed is None:
@@ -199,7 +203,10 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
         loop = TrainingLoop(
             run.model, optimizer, run.strategy, run.params, run.reporter, run.train.log_every,
             stop, probe=partial(evaluate_continually, run, t, state.step) if run.train.eval_every else None,
-            probe_every=run.train.eval_every or 0,
+            probe_every=run.train.eval_every or 0, replay=Replay.of(
+                state.memory, run.replay.batch_size or run.train.batch_size,
+                run.sequence.scenario, len(tasks), t,
+            ),
         )  # fmt: skip
         description = f"task {t + 1}/{len(tasks)} [{run.strategy.name}]"
         done, loss = loop.run(

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from ewcexp.data.replay import ReplayMemory, ReplaySettings
 from ewcexp.data.sequences import TaskSequence
 from ewcexp.importance.fisher import Fisher
 from ewcexp.reporting.reporter import Reporter
@@ -35,6 +36,7 @@ class Run:
     reporter: Reporter
     device: torch.device
     output_dir: Path
+    replay: ReplaySettings
     diagnostics: Fisher | None = None  # fisher.diagnostics: the settings every estimator uses
     named: list[tuple[str, Tensor]] = field(init=False)
 
@@ -62,6 +64,7 @@ class LoopState:
     step: int = 0  # global training step at the start of the current task
     task_steps: int = 0  # steps of the current task done when a stop was requested mid-task
     optimizer_state: dict[str, Any] | None = None  # mid-task, or carried to the next task
+    memory: ReplayMemory | None = None  # replay.size > 0: the samples kept so far
     metrics_offset: int | None = 0  # metrics.jsonl's length at the checkpoint (None: older)
 
     def state_dict(self) -> dict[str, Any]:
@@ -80,6 +83,8 @@ class LoopState:
         }
         if self.optimizer_state is not None:
             state["optimizer"] = self.optimizer_state
+        if self.memory is not None:
+            state["memory"] = self.memory.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -92,6 +97,8 @@ class LoopState:
         self.tasks_done, self.step = state["tasks_done"], state["step"]
         self.task_steps = state["task_steps"]
         self.optimizer_state = state.get("optimizer")
+        if self.memory is not None:
+            self.memory.load_state_dict(state["memory"])
         self.metrics_offset = state.get("metrics_offset")
 
     def restore(self, saved: dict[str, Any], run_dir: Path) -> None:
