@@ -62,6 +62,15 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+# what a group option needs beside it to be a valid run on its own
+COMPANIONS = {"strategy=agem": ["replay.size=100"]}  # A-GEM's constraint needs a memory
+
+
+def with_companions(option: str) -> list[str]:
+    """`option` and the overrides it needs beside it."""
+    return [option, *COMPANIONS.get(option, [])]
+
+
 def compose_config(*overrides: str) -> DictConfig:
     """The config `python run.py <overrides>` would run with (Hydra's compose API)."""
     with initialize_config_dir(

@@ -11,7 +11,7 @@ from ewcexp.app.command_line import unknown_group_choice, unknown_key
 from ewcexp.app.compose import hydra_configs
 from ewcexp.config.checks import ConfigError, check_config, check_machine
 from ewcexp.data.sequences import build_sequence
-from tests.conftest import REPO, TINY, compose_config, run_cli
+from tests.conftest import REPO, TINY, compose_config, run_cli, with_companions
 
 CONF = REPO / "src" / "ewcexp" / "conf"
 GROUPS = ["task_sequence", "model", "strategy", "fisher", "optimizer", "device"]
@@ -22,7 +22,7 @@ GROUPS = ["task_sequence", "model", "strategy", "fisher", "optimizer", "device"]
     [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
 )
 def test_every_group_option_composes_and_validates(override):
-    cfg = compose_config(override)
+    cfg = compose_config(*with_companions(override))
     if override == "device=cuda":
         pytest.skip("cuda is checked against this machine below")
     check_config(cfg)
@@ -77,7 +77,7 @@ def test_a_preset_takes_any_strategy_and_the_mnist_ones_any_small_model(name):
     (the "no penalty" rows of docs/results.md) and `model=cnn` compose with it; a model whose
     keys it does set gets one line saying how to drop them."""
     for strategy in sorted(p.stem for p in (CONF / "strategy").glob("*.yaml")):
-        check_config(compose_config(f"experiment={name}", f"strategy={strategy}"))
+        check_config(compose_config(f"experiment={name}", *with_companions(f"strategy={strategy}")))
     models = ["cnn", "mlp"] if "cifar" not in name else ["resnet18"]
     if name == "permuted_mnist_domain":  # its MLP is 2×1000: hidden_sizes is set
         with pytest.raises(ConfigError, match="model.hidden_sizes=.* is not allowed"):
@@ -221,8 +221,8 @@ def key_problem(args: list[str]) -> str | None:
 
 def test_unknown_group_option_is_caught_before_hydra():
     assert group_problem(["strategy=ewcc"]) == (
-        "strategy=ewcc is not allowed: expected one of ewc, ewc_sum, ewcpp, finetune, joint, l2, mas, "
-        "online_ewc, si"
+        "strategy=ewcc is not allowed: expected one of agem, ewc, ewc_sum, ewcpp, finetune, joint, "
+        "l2, lwf, lwf_ewc, mas, online_ewc, si"
     )
     assert group_problem(["-m", "strategy=ewc,ewcc", "lambda=1,2"]).startswith(
         "strategy=ewcc is not allowed"

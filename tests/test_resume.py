@@ -43,7 +43,13 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def killed_run(
-    where: str, when: int, run_dir: Path, data_root: Path, signum: signal.Signals, *extra: str
+    where: str,
+    when: int,
+    run_dir: Path,
+    data_root: Path,
+    signum: signal.Signals,
+    *extra: str,
+    base: list[str] = ARGS,
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [
@@ -54,7 +60,7 @@ def killed_run(
             str(when),
             signum.name,
             str(REPO / "run.py"),
-            *ARGS,
+            *base,
             *extra,
             f"data.root={data_root}",
             f"hydra.run.dir={run_dir}",
@@ -73,10 +79,10 @@ def metrics(run_dir: Path) -> dict:
     }
 
 
-def whole_run(tmp_path: Path, data_root: Path, *extra: str) -> dict:
-    """results.json of a run of ARGS and `extra` never stopped (in `tmp_path`/whole)."""
+def whole_run(tmp_path: Path, data_root: Path, *extra: str, base: list[str] = ARGS) -> dict:
+    """results.json of a run of `base` and `extra` never stopped (in `tmp_path`/whole)."""
     (tmp_path / "whole").mkdir()
-    done = run_cli(*ARGS, *extra, cwd=tmp_path / "whole", data_root=data_root)
+    done = run_cli(*base, *extra, cwd=tmp_path / "whole", data_root=data_root)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads((tmp_path / "whole" / "run" / "results.json").read_text())
 

@@ -19,7 +19,7 @@ from ewcexp.config.checks import (
     show,
 )
 from ewcexp.config.schema import Range, Rule, allowed
-from tests.conftest import REPO, compose_config
+from tests.conftest import REPO, compose_config, with_companions
 
 CONF = REPO / "src" / "ewcexp" / "conf"
 OPTIONS = [
@@ -86,7 +86,7 @@ def refused_values(declared: Any) -> list[Any]:
 @pytest.mark.parametrize("option", OPTIONS)
 def test_every_key_refuses_a_wrong_type_and_a_value_out_of_range(option, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # device=cuda is a valid option
-    cfg = compose_config(option)
+    cfg = compose_config(*with_companions(option))
     check_config(cfg)  # the option as shipped: every key declared and allowed
     checked = 0
     for path, declared in declared_leaves(cfg):

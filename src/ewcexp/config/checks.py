@@ -99,15 +99,28 @@ def check_config(cfg: DictConfig) -> None:
         check_value(str(key), cfg[key], TOP_LEVEL_KEYS[key])
     for key in sections:
         check_component(str(key), cfg[key])
+    if (refused := memory_refused(cfg)) is not None:
+        raise ConfigError(refused)
+
+
+def memory_refused(cfg: DictConfig) -> str | None:
+    """A memory for a strategy that refuses one (joint), or none for one that needs it."""
     replay, strategy = cfg.get("replay"), cfg.get("strategy")
-    if isinstance(replay, DictConfig) and replay.get("size") and isinstance(strategy, DictConfig):
-        method = declared_keys(strategy._target_)[0]
-        if not getattr(method, "replays", True):
-            raise ConfigError(
-                f"replay.size={replay.size} is not allowed with strategy="
-                f"{getattr(method, 'name', strategy._target_)}: it trains on every task's "
-                "data already; use replay.size=0"
-            )
+    if not isinstance(replay, DictConfig) or not isinstance(strategy, DictConfig):
+        return None
+    method = declared_keys(strategy._target_)[0]
+    use, name = getattr(method, "memory_use", "batch"), getattr(method, "name", strategy._target_)
+    if use == "none" and replay.size:
+        return (
+            f"replay.size={replay.size} is not allowed with strategy={name}: it trains on "
+            "every task's data already; use replay.size=0"
+        )
+    if use == "constraint" and not replay.size:
+        return (
+            f"replay.size={replay.size} is not allowed with strategy={name}: it needs a "
+            "memory, e.g. replay.size=500"
+        )
+    return None
 
 
 def check_component(path: str, node: DictConfig) -> None:

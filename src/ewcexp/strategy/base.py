@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from ewcexp.config.schema import NonNegativeFloat
 from ewcexp.data.scenarios import Task
@@ -18,7 +19,9 @@ class Strategy:
         for each task:
             training_tasks(seen)              which of the tasks seen so far to train on now
             for each minibatch step:
+                extra_loss(model, inputs, logits)     a term added to the step's loss
                 write_penalty_gradient(params)    before loss.backward(): set .grad
+                constrain_gradient(params, ...)   after it (memory_use "constraint" only)
                 after_step(params)                after optimizer.step()
             end_task(model, params, data)     consolidate the task just trained
             (every task is evaluated; a checkpoint holds state_dict())
@@ -32,7 +35,10 @@ class Strategy:
     """
 
     name: ClassVar[str]  # as results.json and the logs call it
-    replays: ClassVar[bool] = True  # trains on a replay memory when replay.size > 0
+    # what a replay memory (replay.size > 0) is for: "batch", its samples join each step's
+    # minibatch (experience replay); "constraint", `constrain_gradient` gets the memory's
+    # loss; "none", the method refuses a memory
+    memory_use: ClassVar[Literal["batch", "constraint", "none"]] = "batch"
 
     def __init__(self) -> None:
         self.penalty: QuadraticPenalty | None = None
@@ -41,6 +47,15 @@ class Strategy:
     def training_tasks(self, seen: list[Task]) -> list[Task]:
         """The tasks whose data the current task trains on (`seen[-1]` is the current one)."""
         return seen[-1:]
+
+    def extra_loss(self, model: nn.Module, inputs: Tensor, logits: Tensor) -> Tensor | None:
+        """A term added to the step's loss, from the step's inputs (memory samples included)
+        and the model's logits on them: for methods that distill (None: nothing added)."""
+        return None
+
+    def constrain_gradient(self, params: Tensors, memory_loss: Callable[[], Tensor]) -> None:
+        """With `memory_use` "constraint": change the step's gradient in `.grad` (backward
+        done) given `memory_loss()`, the loss on a minibatch drawn from the memory."""
 
     def write_penalty_gradient(self, params: Tensors) -> None:
         """Set `.grad` to the penalty's gradient, for `loss.backward()` to add to: the

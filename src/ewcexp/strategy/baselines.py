@@ -17,7 +17,7 @@ class Joint(Strategy):
     """Train on every task seen so far together, no penalty: the upper bound."""
 
     name = "joint"
-    replays = False  # it trains on every task's data already
+    memory_use = "none"  # it trains on every task's data already
 
     def training_tasks(self, seen: list[Task]) -> list[Task]:
         return list(seen)

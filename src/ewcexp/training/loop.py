@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -21,41 +22,10 @@ from ewcexp.data.replay import ReplayMemory
 from ewcexp.data.scenarios import Scenario, Task
 from ewcexp.reporting.reporter import Reporter
 from ewcexp.strategy.base import Strategy
+from ewcexp.training.divergence import Diverged
 from ewcexp.training.preemption import StopRequest
 
 log = logging.getLogger(__name__)
-
-
-class Diverged(ArithmeticError):
-    """A loss, penalty, parameter or importance that is no longer a finite number: nothing the
-    run computes after it means anything, so the run stops there instead of training on NaNs.
-    `task` counts from 0, `step` is the bad step's number within the task (from 1) and
-    `train_step` its global index (the `train/step` of the logs)."""
-
-    def __init__(self, what: str, value: float, task: int, step: int, train_step: int) -> None:
-        subject = {"parameters": "a parameter", "importance": "an importance value"}.get(what)
-        super().__init__(f"{subject or 'the ' + what} is {value}")
-        self.what, self.value = what, value
-        self.task, self.step, self.train_step = task, step, train_step
-
-    def record(self) -> dict[str, int | str]:
-        """What results.json says: tasks from 1, the value as text (JSON has no NaN)."""
-        return {
-            "task": self.task + 1,
-            "step": self.step,
-            "train_step": self.train_step,
-            "what": self.what,
-            "value": str(self.value),
-        }
-
-
-def first_non_finite(tensors: list[Tensor]) -> float | None:
-    """None when every value is finite (one host sync); else NaN if any is, else the first
-    infinity."""
-    if not tensors or bool(torch.stack([t.isfinite().all() for t in tensors]).all()):
-        return None
-    values = torch.cat([t.detach()[~t.isfinite()].double().cpu() for t in tensors])
-    return math.nan if bool(values.isnan().any()) else float(values[0])
 
 
 def _on_terminal(stream: object) -> bool:
@@ -170,6 +140,12 @@ class Replay:
         bounds = self.bounds.to(units.device)[tasks]
         return images, units, torch.cat([lo, bounds[:, 0]]), torch.cat([hi, bounds[:, 1]])
 
+    def loss(self, model: nn.Module) -> Tensor:
+        """The loss on a minibatch drawn from the memory (A-GEM's reference gradient)."""
+        images, units, tasks = self.memory.draw(self.batch_size)
+        bounds = self.bounds.to(units.device)[tasks]
+        return active_cross_entropy(model(images), units, bounds[:, 0], bounds[:, 1])
+
 
 @dataclass
 class TrainingLoop:
@@ -204,9 +180,11 @@ class TrainingLoop:
         each report: `Diverged` when one is not finite."""
         images, targets, lo, hi = data
         replaying = self.replay is not None and task > 0
+        use = self.strategy.memory_use
+        mixing = replaying and use == "batch"  # memory samples join each minibatch
         # the same units for every sample: all but task-incremental joint training or replay
         shared = bool((lo == lo[0]).all() and (hi == hi[0]).all())
-        if shared and replaying:
+        if shared and mixing:
             seen = self.replay.bounds[: task + 1]
             shared = bool((seen[:, 0] == lo[0].cpu()).all() and (seen[:, 1] == hi[0].cpu()).all())
         if shared:
@@ -244,12 +222,19 @@ class TrainingLoop:
                 batch = batch.to(images.device)
                 inputs, units = images[batch], targets[batch]
                 bounds = (lo, hi) if shared else (lo[batch], hi[batch])
-                if replaying:
+                if mixing:
                     inputs, units, *bounds = self.replay.added_to(inputs, units, *bounds)
-                loss = active_cross_entropy(self.model(inputs), units, *bounds)
+                logits = self.model(inputs)
+                loss = active_cross_entropy(logits, units, *bounds)
+                if (extra := self.strategy.extra_loss(self.model, inputs, logits)) is not None:
+                    loss = loss + extra
                 pending = (step, *_to_host(loss))
                 self.strategy.write_penalty_gradient(self.params)
                 loss.backward()
+                if replaying and use == "constraint":
+                    self.strategy.constrain_gradient(
+                        self.params, partial(self.replay.loss, self.model)
+                    )
                 self.optimizer.step()
                 self.strategy.after_step(self.params)
                 if self.replay is not None:

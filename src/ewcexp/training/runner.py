@@ -33,12 +33,11 @@ from ewcexp.reporting.record import Record
 from ewcexp.reporting.reporter import Reporter
 from ewcexp.reporting.results import format_report
 from ewcexp.training import checkpoint
+from ewcexp.training.divergence import Diverged, first_non_finite
 from ewcexp.training.evaluation import accuracy
 from ewcexp.training.loop import (
-    Diverged,
     Replay,
     TrainingLoop,
-    first_non_finite,
     training_set,
 )
 from ewcexp.training.preemption import StopRequest
