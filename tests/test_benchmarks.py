@@ -18,6 +18,11 @@ from tests.conftest import REPO
         ("mas.py", ["--samples", "256", "--loop-samples", "16", "--repeats", "1"], 8),
         ("epoch.py", ["--samples", "512", "--repeats", "1"], 3),
         (
+            "replay.py",
+            ["--samples", "1024", "--memory", "256", "--steps", "2", "--repeats", "1"],
+            14,
+        ),
+        (
             "fisher.py",
             ["--samples", "256", "--cnn-samples", "64", "--loop-samples", "16", "--repeats", "1"],
             24,
