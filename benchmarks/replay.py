@@ -42,7 +42,7 @@ from ewcexp.data.sequences import PermutedSequence
 from ewcexp.model.networks import MLP
 from ewcexp.reporting.record import Record
 from ewcexp.reporting.reporter import Reporter
-from ewcexp.strategy.agem import AGEM, agem_projection
+from ewcexp.strategy.agem import AGEM
 from ewcexp.strategy.base import Strategy
 from ewcexp.strategy.baselines import Finetune
 from ewcexp.strategy.lwf import LwF, distillation, frozen_copy
@@ -193,9 +193,7 @@ def main() -> None:
     offered = [second[0][i * BATCH : (i + 1) * BATCH] for i in range(args.steps)]
     units = second[1][:BATCH]
     upkeep = copy_of(memory, ReplayMemory)
-    sizes = [p.numel() for p in params]
-    for p in params:
-        p.grad = torch.randn_like(p)
+    gradients = [torch.randn_like(p) for p in params]
     with torch.no_grad():
         logits = model(offered[0])
 
@@ -208,13 +206,14 @@ def main() -> None:
             drawn, drawn_units, _ = upkeep.draw(BATCH)
             torch.cat([part, drawn]), torch.cat([units, drawn_units])
 
+    agem = AGEM()
+    no_memory_pass = torch.zeros((), requires_grad=True)
+
     def projection() -> None:  # A-GEM's constrain_gradient less the memory's pass
         for _ in range(args.steps):
-            gradient = torch.cat([p.grad.flatten() for p in params])
-            reference = torch.cat([p.grad.flatten() for p in params])
-            projected = agem_projection(gradient, reference)
-            for p, part in zip(params, projected.split(sizes), strict=True):
-                p.grad = part.view_as(p)
+            for p, gradient in zip(params, gradients, strict=True):
+                p.grad = gradient  # as the step's backward pass leaves it
+            agem.constrain_gradient(params, lambda: no_memory_pass * 1)
 
     def teacher() -> None:
         with torch.no_grad():
@@ -232,7 +231,7 @@ def main() -> None:
     pieces = [
         (f"memory.add of the step's {BATCH} samples", per_step(add), "ER, 128 + 128 drawn"),
         (f"memory.draw({BATCH}) and the concatenation", per_step(draw), "ER, 128 + 128 drawn"),
-        ("A-GEM: flatten both gradients, project, split", per_step(projection), "A-GEM"),
+        ("A-GEM: copy, project (buffers kept), as .grad", per_step(projection), "A-GEM"),
         (
             f"LwF: the teacher's forward pass on {BATCH}",
             per_step(teacher),

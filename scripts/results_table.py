@@ -1,6 +1,7 @@
 """Tables from runs' results.json files, for docs/results.md.
 
     python scripts/results_table.py best-lambda DIR   # the λ with the best mean avg_acc
+    python scripts/results_table.py best KEY DIR      # the value of config KEY with the best mean avg_acc
     python scripts/results_table.py table OUT         # markdown, from fashion_mnist_results.sh's OUT
     python scripts/results_table.py relatives OUT     # the SI and MAS section alone (relatives_results.sh)
     python scripts/results_table.py kfac OUT          # the Kronecker-factored section (kfac_results.sh)
@@ -39,24 +40,30 @@ def mean_and_error(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values) / math.sqrt(len(values)):.1f}"
 
 
-def accuracy_by_lambda(folder: Path) -> dict[float, float]:
-    """Mean final average accuracy per λ of the runs under `folder`."""
-    by_lambda: dict[float, list[float]] = defaultdict(list)
+def accuracy_by(folder: Path, key: str = "lambda") -> dict[float, float]:
+    """Mean final average accuracy per value of config `key` of the runs under `folder`."""
+    by_value: dict[float, list[float]] = defaultdict(list)
     for run in runs_under(folder):
-        by_lambda[float(run["lambda"])].append(run["avg_acc"])
-    return {strength: statistics.fmean(values) for strength, values in by_lambda.items()}
+        by_value[float(config_value(run, key))].append(run["avg_acc"])
+    return {value: statistics.fmean(values) for value, values in by_value.items()}
 
 
 def best_lambda(folder: Path) -> float:
-    accuracies = accuracy_by_lambda(folder)
+    return best_value(folder, "lambda")
+
+
+def best_value(folder: Path, key: str) -> float:
+    """The value of config `key` (`lambda`, `strategy.alpha`) whose runs under `folder` have
+    the best mean final average accuracy."""
+    accuracies = accuracy_by(folder, key)
     if not accuracies:
         raise SystemExit(f"error: no results.json under {folder}")
     return max(accuracies, key=accuracies.__getitem__)
 
 
-def sweep_cell(folder: Path) -> str:
-    """`λ: acc` for every λ of a sweep, the chosen one in bold."""
-    accuracies = accuracy_by_lambda(folder)
+def sweep_cell(folder: Path, key: str = "lambda") -> str:
+    """`value: acc` for every value of `key` (λ) in a sweep, the chosen one in bold."""
+    accuracies = accuracy_by(folder, key)
     if not accuracies:
         return "–"
     best = max(accuracies, key=accuracies.__getitem__)
@@ -330,20 +337,25 @@ def grouped_table(folder: Path, keys: list[str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("best-lambda", "table", "relatives", "kfac", "grouped"))
-    parser.add_argument("folder", type=Path)
+    parser.add_argument(
+        "command", choices=("best-lambda", "best", "table", "relatives", "kfac", "grouped")
+    )
+    parser.add_argument("folder", help="best: the config KEY, then the folder")
     parser.add_argument("keys", nargs="*", help="grouped: config keys to group the runs by")
     args = parser.parse_args()
+    folder = Path(args.folder)
     if args.command == "best-lambda":
-        print(f"{best_lambda(args.folder):g}")
+        print(f"{best_lambda(folder):g}")
+    elif args.command == "best":
+        print(f"{best_value(Path(args.keys[0]), args.folder):g}")
     elif args.command == "relatives":
-        print("\n".join(relatives_section(args.folder)))
+        print("\n".join(relatives_section(folder)))
     elif args.command == "kfac":
-        print("\n".join(kfac_section(args.folder)))
+        print("\n".join(kfac_section(folder)))
     elif args.command == "grouped":
-        print("\n".join(grouped_table(args.folder, args.keys)))
+        print("\n".join(grouped_table(folder, args.keys)))
     else:
-        print(table(args.folder))
+        print(table(folder))
 
 
 if __name__ == "__main__":

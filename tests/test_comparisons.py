@@ -45,11 +45,16 @@ def test_agem_constrains_a_models_gradient_with_the_memorys_as_one_vector():
 
     g = torch.cat([t.flatten() for t in torch.autograd.grad(loss_on(x, y), params)])
     g_ref = torch.cat([t.flatten() for t in torch.autograd.grad(loss_on(xm, ym), params)])
-    loss_on(x, y).backward()
-    AGEM().constrain_gradient(params, lambda: loss_on(xm, ym))
-    got = torch.cat([p.grad.flatten() for p in params])
     expected = g if g @ g_ref >= 0 else g - (g @ g_ref) / (g_ref @ g_ref) * g_ref
-    assert torch.allclose(got, expected, atol=1e-6)
+    agem = AGEM()
+    # twice with one instance (its buffers kept between steps; .grad then views into them),
+    # after gradients set to None and after gradients zeroed in place
+    for set_to_none in (True, False):
+        model.zero_grad(set_to_none=set_to_none)
+        loss_on(x, y).backward()
+        agem.constrain_gradient(params, lambda: loss_on(xm, ym))
+        got = torch.cat([p.grad.flatten() for p in params])
+        assert torch.allclose(got, expected, atol=1e-6)
     for flipped in (False, True):  # both branches of the rule, on the model's own gradients
         reference = -g_ref if flipped else g_ref
         dot = float(g @ reference)

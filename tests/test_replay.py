@@ -39,6 +39,29 @@ def test_reservoir_keeps_every_sample_of_the_stream_with_probability_m_over_n():
     assert frequency.sum() == pytest.approx(size)  # M slots, no sample twice
 
 
+def test_reservoir_by_minibatch_is_algorithm_r_one_sample_at_a_time_on_the_same_draws():
+    """The memory takes a minibatch at once; Vitter's algorithm R, written out one sample at
+    a time on the same uniform draws (one per sample past the M-th), keeps the same samples
+    in the same slots, including when two samples of a minibatch draw one slot."""
+    size, batch = 7, 16
+    memory = ReplayMemory(size, "reservoir", torch.Generator().manual_seed(5))
+    draws = torch.Generator().manual_seed(5)
+    slots, seen = [], 0
+    for part in stream(200).split(batch):
+        memory.add(part, torch.zeros(len(part), dtype=torch.long), task=0)
+        past_the_mth = sum(1 for number in range(seen + 1, seen + len(part) + 1) if number > size)
+        uniform = torch.rand(past_the_mth, generator=draws, dtype=torch.float64).tolist()
+        for sample in part[:, 0, 0].tolist():
+            seen += 1
+            if seen <= size:
+                slots.append(sample)
+                continue
+            j = int(uniform.pop(0) * seen)
+            if j < size:
+                slots[j] = sample
+    assert memory.images[:, 0, 0].tolist() == slots and memory.seen == seen == 200
+
+
 def test_class_balanced_shares_the_slots_evenly_among_the_classes_seen():
     """Three classes of 60, 30 and 10 samples, shuffled, into 30 slots: the rare class keeps
     all 10, the other two 10 each; with 12 slots and four classes, 3 each."""

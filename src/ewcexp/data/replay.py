@@ -66,10 +66,55 @@ class ReplayMemory:
         if self.images is None:
             self.images = images.new_zeros((self.size, *images.shape[1:]))
             self.units, self.tasks = self.units.to(images.device), self.tasks.to(images.device)
+        if self.policy == "reservoir":
+            self._add_to_reservoir(images, units, task)
+            return
         for image, unit in zip(images, units.tolist(), strict=True):
             slot = self._slot_for(unit)
             if slot is not None:
                 self.images[slot], self.units[slot], self.tasks[slot] = image, unit, task
+
+    def _add_to_reservoir(self, images: Tensor, units: Tensor, task: int) -> None:
+        """Reservoir sampling for a whole minibatch at once (no Python loop per sample): the
+        free slots take the first samples; each later sample, the n-th of the stream, draws
+        j = ⌊u·n⌋ and replaces slot j when j < size. Samples of one minibatch that draw the
+        same slot replace each other in stream order, so the last one stays, as one by one."""
+        assert self.images is not None
+        free = min(self.size - self.filled, len(images))
+        if free:
+            slots = slice(self.filled, self.filled + free)
+            self.images[slots], self.units[slots], self.tasks[slots] = (
+                images[:free],
+                units[:free],
+                task,
+            )
+            self.filled += free
+        rest = len(images) - free
+        stream_numbers = torch.arange(
+            self.seen + free + 1, self.seen + len(images) + 1, dtype=torch.float64
+        )
+        self.seen += len(images)
+        for unit, count in zip(*torch.unique(units, return_counts=True), strict=True):
+            self.seen_per_unit[int(unit)] = self.seen_per_unit.get(int(unit), 0) + int(count)
+        if rest == 0:
+            return
+        uniform = torch.rand(
+            rest, generator=self.generator, dtype=torch.float64, device=self.generator.device
+        )
+        slots = (uniform.cpu() * stream_numbers).floor().long()
+        kept = (slots < self.size).nonzero().flatten()
+        if len(kept) == 0:
+            return
+        winner = torch.full((self.size,), -1, dtype=torch.long)
+        winner.scatter_reduce_(0, slots[kept], kept, reduce="amax")
+        replaced = (winner >= 0).nonzero().flatten()
+        source = (winner[replaced] + free).to(images.device)
+        replaced = replaced.to(images.device)
+        self.images[replaced], self.units[replaced], self.tasks[replaced] = (
+            images[source],
+            units[source],
+            task,
+        )
 
     def _slot_for(self, unit: int) -> int | None:
         """Where the next sample of the stream, of output unit `unit`, goes (None: nowhere)."""
