@@ -5,6 +5,7 @@
     python scripts/results_table.py table OUT         # markdown, from fashion_mnist_results.sh's OUT
     python scripts/results_table.py relatives OUT     # the SI and MAS section alone (relatives_results.sh)
     python scripts/results_table.py kfac OUT          # the Kronecker-factored section (kfac_results.sh)
+    python scripts/results_table.py comparisons OUT   # replay, A-GEM, LwF beside EWC (comparison_results.sh)
     python scripts/results_table.py grouped DIR KEY...  # mean ± error per value of config KEYs
 
 Accuracies are means over seeds ± the standard error of the mean (sd/√n).
@@ -217,6 +218,107 @@ def ewc_gains(out: Path) -> list[str]:
     return lines
 
 
+COMPARED = (  # row label, folder under OUT/<setting>, replay.size the rows are filtered on
+    ("fine-tuning", "finetune", None),
+    ("ER, M=100", "er", 100),
+    ("ER, M=500", "er", 500),
+    ("ER, M=2000", "er", 2000),
+    ("A-GEM, M=500", "agem", None),
+    ("LwF", "lwf", None),
+    ("EWC", "ewc", None),
+    ("online EWC", "online_ewc", None),
+    ("SI", "si", None),
+    ("EWC + ER, M=500", "ewc_er", None),
+    ("LwF + EWC", "lwf_ewc", None),
+)
+PAIRS = (  # (first, second): first − second, seed by seed
+    ("EWC", "fine-tuning"),
+    ("ER, M=500", "fine-tuning"),
+    ("EWC + ER, M=500", "ER, M=500"),
+    ("EWC + ER, M=500", "EWC"),
+    ("A-GEM, M=500", "ER, M=500"),
+    ("LwF", "fine-tuning"),
+    ("LwF + EWC", "LwF"),
+    ("LwF + EWC", "EWC"),
+)
+SWEEPS = (  # sweep folder, the key it varies, the rows that use its choice
+    ("sweep_ewc", "lambda", "EWC, LwF + EWC"),
+    ("sweep_online_ewc", "lambda", "online EWC"),
+    ("sweep_si", "lambda", "SI"),
+    ("sweep_ewc_er", "lambda", "EWC + ER"),
+    ("sweep_lwf", "strategy.alpha", "LwF, LwF + EWC"),
+)
+
+
+def compared_runs(out: Path) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """(setting folder, row label) → the row's runs by seed."""
+    found: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for setting in SETTINGS:
+        for label, folder, memory in COMPARED:
+            runs = runs_under(out / setting / folder)
+            if memory is not None:
+                runs = [r for r in runs if config_value(r, "replay.size") == memory]
+            if runs:
+                found[(setting, label)] = {r["seed"]: r for r in runs}
+    return found
+
+
+def chosen(run: dict[str, Any]) -> str:
+    """The swept settings a row's runs used: λ for a penalty, α for LwF."""
+    parts = []
+    if run["strategy"] in ("ewc", "online_ewc", "si", "lwf_ewc"):
+        parts.append(f"λ={float(run['lambda']):g}")
+    if run["strategy"] in ("lwf", "lwf_ewc"):
+        parts.append(f"α={float(config_value(run, 'strategy.alpha')):g}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def comparisons_section(out: Path) -> list[str]:
+    """Every compared row per setting (mean ± standard error over seeds), the paired
+    differences with the report's 95% t-interval, and the sweeps that chose λ and α."""
+    from ewcexp.reporting.sweep_table import interval
+
+    runs = compared_runs(out)
+    settings = [s for s in SETTINGS if any((s, label) in runs for label, _, _ in COMPARED)]
+    header = "| method | " + " | ".join(" ".join(SETTINGS[s]) for s in settings) + " |"
+    rule = "|---|" + "---|" * len(settings)
+    lines = [header, rule]
+    for label, _, _ in COMPARED:
+        cells = []
+        for setting in settings:
+            by_seed = runs.get((setting, label))
+            if not by_seed:
+                cells.append("–")
+                continue
+            accuracy = mean_and_error([r["avg_acc"] for r in by_seed.values()])
+            cells.append(accuracy + chosen(next(iter(by_seed.values()))))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences in final average accuracy (points; mean over the seeds both",
+              "ran, 95% t-interval as `ewcexp.report` computes it):", "", header, rule]  # fmt: skip
+    for first, second in PAIRS:
+        cells = []
+        for setting in settings:
+            a, b = runs.get((setting, first)), runs.get((setting, second))
+            seeds = sorted(set(a or {}) & set(b or {}))
+            if not seeds:
+                cells.append("–")
+                continue
+            assert a is not None and b is not None
+            d = interval([100 * (a[s]["avg_acc"] - b[s]["avg_acc"]) for s in seeds])
+            span = "" if d["se"] is None else f" [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]"
+            cells.append(f"{d['mean']:+.1f}{span}")
+        lines.append(f"| {first} − {second} | " + " | ".join(cells) + " |")
+    lines += ["", "Sweeps at seed 0 on the validation split (bold: the value used above):", "",
+              "| sweep | " + " | ".join(" ".join(SETTINGS[s]) for s in settings) + " |", rule]  # fmt: skip
+    for folder, key, used_by in SWEEPS:
+        name = "α" if key == "strategy.alpha" else "λ"
+        cells = [sweep_cell(out / s / folder, key) for s in settings]
+        lines.append(
+            f"| {folder[len('sweep_') :]}: {name} (for {used_by}) | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 PAPERS = """\
 ## The papers' setups (MNIST, CIFAR-10)
 
@@ -338,7 +440,8 @@ def grouped_table(folder: Path, keys: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "command", choices=("best-lambda", "best", "table", "relatives", "kfac", "grouped")
+        "command",
+        choices=("best-lambda", "best", "table", "relatives", "kfac", "comparisons", "grouped"),
     )
     parser.add_argument("folder", help="best: the config KEY, then the folder")
     parser.add_argument("keys", nargs="*", help="grouped: config keys to group the runs by")
@@ -352,6 +455,8 @@ def main() -> None:
         print("\n".join(relatives_section(folder)))
     elif args.command == "kfac":
         print("\n".join(kfac_section(folder)))
+    elif args.command == "comparisons":
+        print("\n".join(comparisons_section(folder)))
     elif args.command == "grouped":
         print("\n".join(grouped_table(folder, args.keys)))
     else:

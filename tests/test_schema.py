@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ewcexp.config.checks import (
     HYDRA_KEYS,
+    MODEL_KEYS,
     TOP_LEVEL_KEYS,
     ConfigError,
     check_config,
@@ -57,6 +58,9 @@ def section_leaves(section: DictConfig, path: str) -> Iterator[tuple[str, Any]]:
             continue
         if isinstance(section[inner], DictConfig):
             yield from section_leaves(section[inner], f"{path}.{inner}")
+            continue
+        if path == "model" and inner in MODEL_KEYS and inner not in parameters:
+            yield f"{path}.{inner}", MODEL_KEYS[inner]  # the runner's keys for any network
             continue
         assert parameters.get(inner) is not None, f"{path}.{inner} is not declared"
         yield f"{path}.{inner}", parameters[inner]

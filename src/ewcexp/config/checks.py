@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_typ
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ewcexp.config.schema import BASIC, NonNegativeFloat, NonNegativeInt, allowed
+from ewcexp.config.schema import BASIC, NonNegativeFloat, NonNegativeInt, Rule, allowed
 
 # the config's keys outside any component (conf/config.yaml); every other key is declared by
 # the code its section's _target_ names
@@ -26,6 +26,17 @@ TOP_LEVEL_KEYS: dict[str, Any] = {
     "seed": NonNegativeInt,
     "resume": bool,  # continue from <run dir>/checkpoint.pt if an earlier run there stopped
     "lambda": NonNegativeFloat,  # λ of every penalty strategy (their `strength: ${lambda}`)
+}
+
+# keys of the `model` section that the runner reads, whatever network `model._target_` names
+# (conf/config.yaml sets both null); a network that takes a `weights` of its own (torchvision's
+# builders) keeps it: then model.weights is theirs
+MODEL_KEYS: dict[str, Any] = {
+    "weights": str | None,  # a file of starting weights: an earlier run's model.pt, a state dict
+    "trainable": Annotated[
+        list[str], Rule(lambda v: len(v) > 0, "a non-empty list of parameter-name patterns", [])
+    ]
+    | None,  # e.g. ['head.*', 'net.layer4.*']: only matching parameters train; null: all
 }
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
@@ -144,6 +155,9 @@ def check_component(path: str, node: DictConfig) -> None:
     values = {}
     for key in node:
         if key in HYDRA_KEYS:
+            continue
+        if path == "model" and key in MODEL_KEYS and key not in parameters:
+            check_value(f"{path}.{key}", node[key], MODEL_KEYS[key])
             continue
         if key not in parameters and not passed_on:
             raise undeclared(f"{path}.{key}", node[key], f"{target} takes {', '.join(parameters)}")

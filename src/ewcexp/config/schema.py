@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 
@@ -25,7 +25,7 @@ class Rule:
 
     test: Callable[[Any], bool]
     text: str
-    refused: Any
+    refused: Any = field(compare=False)  # may be unhashable (a list); hints are hashed
 
 
 @dataclass(frozen=True)

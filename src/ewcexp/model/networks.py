@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ewcexp.config.checks import ConfigError, show, takes_any_keyword
+from ewcexp.config.checks import (
+    MODEL_KEYS,
+    ConfigError,
+    declared_keys,
+    show,
+    takes_any_keyword,
+)
 from ewcexp.config.schema import PositiveFloat, PositiveInt
 
 if TYPE_CHECKING:
@@ -39,14 +45,22 @@ def build_model(
     `input_shape` and `out_features` go to a callable that takes them (then it takes uint8
     images); otherwise `num_classes=out_features` goes to one that takes it or **kwargs, and
     the network is wrapped in `FloatImages`. Its output on `sample` (a few training images)
-    must be [N, out_features]: a mismatch is one line here, not a failure mid-training."""
+    must be [N, out_features]: a mismatch is one line here, not a failure mid-training.
+    Then `model.weights` (a file) is loaded and `model.trainable` freezes the rest
+    (`ewcexp.model.weights`)."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from ewcexp.model.weights import freeze_all_but, load_weights
 
     if given := [key for key in RUNNER_KEYS if key in node]:
         raise ConfigError(
             f"model.{given[0]}={show(node[given[0]])} is not allowed: the runner sets it "
             "from the data and the scenario"
         )
+    theirs = declared_keys(node._target_)[1]
+    ours = {key: node[key] for key in MODEL_KEYS if key in node and key not in theirs}
+    node = OmegaConf.masked_copy(node, [key for key in node if key not in ours])
     # called here, not by Hydra, so that a ConfigError the model raises is not wrapped
     build = instantiate(node, _partial_=True)
     parameters = inspect.signature(build.func).parameters
@@ -61,6 +75,10 @@ def build_model(
             "out_features, num_classes (or **kwargs), so its output layer cannot be sized"
         )
     _check_output(model, node._target_, sample, out_features)
+    if ours.get("weights"):
+        load_weights(model, ours["weights"], node._target_)
+    if ours.get("trainable"):
+        freeze_all_but(model, list(ours["trainable"]))
     return model
 
 

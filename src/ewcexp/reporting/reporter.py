@@ -156,11 +156,14 @@ class Reporter:
         config: dict[str, Any],
         sequence: TaskSequence,
         run_dir: Path,
+        parameters: dict[str, int],
         diverged: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The end: `results.json` (and the figures, for a run that completed) written, the
-        summary logged; returns the results."""
+        summary logged; returns the results. `parameters`: the model's counts, all and
+        trainable."""
         results = summarize(self.record, strategy, config, sequence, diverged=diverged)
+        results["parameters"] = parameters
         figures = save_figures(results, self.record, run_dir) if diverged is None else {}
         write_json_atomically(run_dir / "results.json", results)
         self._each("log_summary", results, figures)

@@ -27,6 +27,8 @@ from ewcexp.data.sequences import build_sequence
 from ewcexp.importance.contract import TaskData, diagonal_of, spectra_of
 from ewcexp.importance.diagnostics import diagnose
 from ewcexp.model import build_model
+from ewcexp.model.weights import model_file, parameter_counts
+from ewcexp.reporting.files import write_atomically
 from ewcexp.reporting.joblog import to_log_files
 from ewcexp.reporting.metrics import average_accuracy
 from ewcexp.reporting.record import Record
@@ -138,9 +140,13 @@ def learn_and_conclude(run: Run, state: LoopState, config: dict[str, Any]) -> di
                 log.error(divergence_line(run, error))
                 diverged = error.record()
             if diverged is not None or state.tasks_done == len(run.sequence.tasks):
+                if diverged is None:  # the final weights, for model.weights of a later run
+                    contents = model_file(run.model, config["model"])
+                    write_atomically(run.output_dir / "model.pt", partial(torch.save, contents))
                 results = run.reporter.concluded(
-                    run.strategy, config, run.sequence, run.output_dir, diverged=diverged
-                )
+                    run.strategy, config, run.sequence, run.output_dir,
+                    parameter_counts(run.model), diverged=diverged,
+                )  # fmt: skip
         finally:  # closed before a requeue can stop the logger's service
             run.reporter.finish(
                 failed=results is None or results["status"] != "completed",

@@ -1,0 +1,97 @@
+"""Starting weights and which parameters train: `model.weights` (a file, e.g. the `model.pt`
+an earlier ewcexp run wrote) and `model.trainable` (patterns of parameter names).
+
+A frozen parameter has `requires_grad=False`: the runner's parameter list leaves it out, so
+it gets no gradient, no optimizer state, no importance and no penalty, and the stored
+importances scale with the trainable parameters only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ewcexp.config.checks import ConfigError, show
+
+FORMAT = "ewcexp.model/1"  # what `model.pt` holds: {"format", "state_dict", "model", "parameters"}
+
+
+def model_file(model: nn.Module, model_config: dict[str, Any]) -> dict[str, Any]:
+    """What a run writes as `<run dir>/model.pt`: the final weights (every tensor of the
+    state, frozen ones and buffers too), the `model` config that built them, the counts."""
+    return {
+        "format": FORMAT,
+        "state_dict": {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()},
+        "model": model_config,
+        "parameters": parameter_counts(model),
+    }
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Scalars in all parameters and in those that train."""
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+
+
+def load_weights(model: nn.Module, path: str, target: str) -> None:
+    """Load the file at `path` (a `model.pt` of ewcexp, or a plain state dict) into `model`,
+    built from `model._target_=target`. Every tensor must be there with its shape: the first
+    one missing, extra or of another shape is one line naming the file and the tensor."""
+    file = Path(path).expanduser()
+    where = f"model.weights={path}"
+    if not file.is_file():
+        raise ConfigError(f"{where} is not allowed: there is no such file")
+    try:
+        contents = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - not a torch file, or pickled code: one line
+        why = " ".join(str(error).split())[:200]
+        raise ConfigError(f"{where} is not allowed: not a file of weights ({why})") from None
+    state = contents.get("state_dict", contents) if isinstance(contents, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise ConfigError(
+            f"{where} is not allowed: it holds no state dict (name → tensor), as a run's "
+            "model.pt or torch.save(model.state_dict()) does"
+        )
+    own = model.state_dict()
+    for name, tensor in own.items():
+        if name not in state:
+            raise ConfigError(
+                f"{where} does not fit model._target_={target}: the file has no tensor {name!r} "
+                f"({_shape(tensor)} in the model)"
+            )
+        if state[name].shape != tensor.shape:
+            raise ConfigError(
+                f"{where} does not fit model._target_={target}: tensor {name!r} is "
+                f"{_shape(state[name])} in the file, {_shape(tensor)} in the model"
+            )
+    if extra := [name for name in state if name not in own]:
+        raise ConfigError(
+            f"{where} does not fit model._target_={target}: the model has no tensor "
+            f"{extra[0]!r} ({_shape(state[extra[0]])} in the file)"
+        )
+    model.load_state_dict(state)
+
+
+def freeze_all_but(model: nn.Module, patterns: list[str]) -> None:
+    """Only the parameters whose names match one of `patterns` (shell-style: `head.*`,
+    `net.layer4.*`, `*.bias`) keep training; a pattern that matches nothing is refused."""
+    names = [name for name, _ in model.named_parameters()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ConfigError(
+                f"model.trainable={show(patterns)} is not allowed: {pattern!r} matches no "
+                f"parameter; the model's are {', '.join(names[:12])}"
+                + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+            )
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(fnmatch.fnmatchcase(name, p) for p in patterns))
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return str(list(tensor.shape))

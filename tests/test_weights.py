@@ -1,0 +1,109 @@
+"""Starting weights and frozen parameters: every run writes `<run dir>/model.pt`; a later run
+starts from it with `model.weights`; `model.trainable` leaves the rest untouched, without
+importance or penalty; bad files and patterns are one line before any training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from ewcexp.config.checks import ConfigError
+from ewcexp.model.weights import freeze_all_but, load_weights, model_file
+from tests.conftest import TINY, run_cli
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+
+
+def test_load_weights_takes_a_run_file_or_a_state_dict_and_names_the_first_misfit(tmp_path):
+    source, target = mlp(), mlp()
+    torch.save(model_file(source, {"_target_": "x"}), tmp_path / "model.pt")
+    torch.save(source.state_dict(), tmp_path / "plain.pt")
+    for name in ("model.pt", "plain.pt"):
+        load_weights(target, str(tmp_path / name), "x")
+        assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(),
+                                                    target.state_dict().values(), strict=True))  # fmt: skip
+    wider = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    with pytest.raises(ConfigError, match=r"tensor '0.weight' is \[3, 4\] in the file, \[5, 4\]"):
+        load_weights(wider, str(tmp_path / "plain.pt"), "x")
+    deeper = nn.Sequential(*mlp(), nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match=r"the file has no tensor '3.weight'"):
+        load_weights(deeper, str(tmp_path / "plain.pt"), "x")
+    with pytest.raises(ConfigError, match=r"the model has no tensor '2.weight'"):
+        load_weights(nn.Sequential(nn.Linear(4, 3)), str(tmp_path / "plain.pt"), "x")
+    (tmp_path / "text.pt").write_text("not weights")
+    with pytest.raises(ConfigError, match=r"model.weights=.*text.pt is not allowed: not a file"):
+        load_weights(target, str(tmp_path / "text.pt"), "x")
+
+
+def test_freeze_all_but_keeps_matching_parameters_trainable_and_refuses_a_dead_pattern():
+    model = mlp()
+    freeze_all_but(model, ["2.*"])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"2.weight", "2.bias"}
+    with pytest.raises(ConfigError, match=r"'head\.\*' matches no parameter; the model's are 0.w"):
+        freeze_all_but(mlp(), ["2.*", "head.*"])
+
+
+@pytest.mark.slow
+def test_a_run_starts_from_an_earlier_runs_model_pt_and_trains_only_what_matches(
+    tmp_path, data_root
+):
+    """Run A writes model.pt; run B loads it with only the first layer trainable: B's other
+    tensors end exactly as A's, its first layer moved, its Fisher and counts cover that layer
+    alone; A's model.pt holds what A's last evaluation measured."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir(), second.mkdir()
+    done = run_cli(*TINY, "strategy=ewc", cwd=first, data_root=data_root)
+    assert done.returncode == 0, done.stderr
+    saved = torch.load(first / "run" / "model.pt", weights_only=True)
+    assert saved["model"]["_target_"] == "ewcexp.model.networks.MLP"
+    total = 784 * 32 + 32 + 32 * 10 + 10
+    assert saved["parameters"] == {"total": total, "trainable": total}
+    done = run_cli(
+        *TINY, "strategy=ewc", f"model.weights={first / 'run' / 'model.pt'}",
+        "model.trainable=[layers.0.*]", cwd=second, data_root=data_root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    after = torch.load(second / "run" / "model.pt", weights_only=True)["state_dict"]
+    for name, tensor in saved["state_dict"].items():
+        assert torch.equal(after[name], tensor) == (not name.startswith("layers.0.")), name
+    results = json.loads((second / "run" / "results.json").read_text())
+    assert results["parameters"] == {"total": total, "trainable": 784 * 32 + 32}
+    for consolidated in results["fisher"]:
+        assert set(consolidated["per_parameter"]) == {"layers.0.weight", "layers.0.bias"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["model.weights=WRONG", "model.hidden_sizes=[16]"],
+         "error: model.weights=WRONG does not fit model._target_=ewcexp.model.networks.MLP: "
+         "tensor 'layers.0.weight' is [32, 784] in the file, [16, 784] in the model"),
+        (["model.weights=/nonexistent/model.pt"],
+         "error: model.weights=/nonexistent/model.pt is not allowed: there is no such file"),
+        (["model.trainable=[head.*]"],
+         "error: model.trainable=['head.*'] is not allowed: 'head.*' matches no parameter"),
+        (["model.trainable=[]"],
+         "error: model.trainable=[] is not allowed: expected null or a non-empty list of "
+         "parameter-name patterns"),
+    ],
+)  # fmt: skip
+def test_a_misfit_file_or_pattern_is_one_line_and_nothing_is_written(
+    tmp_path, data_root, overrides, line
+):
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"layers.0.weight": torch.zeros(32, 784)}, wrong)  # a first layer of 32
+    overrides = [o.replace("WRONG", str(wrong)) for o in overrides]
+    done = run_cli(*TINY, *overrides, cwd=tmp_path, data_root=data_root)
+    assert done.returncode != 0
+    errors = [row for row in done.stderr.splitlines() if row.startswith("error:")]
+    assert errors and errors[0].startswith(line.replace("WRONG", str(wrong)))
+    assert "Traceback" not in done.stderr
+    run = tmp_path / "run"
+    assert not (run / "results.json").exists() and not (run / "checkpoint.pt").exists()
+    assert not (run / "model.pt").exists()
