@@ -9,8 +9,10 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +62,52 @@ class TrainSettings:
     log_every: PositiveInt = 50  # steps between training-metric reports
     eval_every: PositiveInt | None = None
     eval_subset: PositiveInt = 1000
+    # the forward pass and the loss under autocast in bf16 or fp16 (a gradient scaler for
+    # fp16, which needs a GPU); parameters, optimizer state and importances stay fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def steps(self, train_size: int) -> int:
         return self.iterations or self.epochs * math.ceil(train_size / self.batch_size)
+
+
+@dataclass
+class MixedPrecision:
+    """`train.precision` in the step: the forward pass and the loss under autocast (bf16,
+    fp16), the weights and their gradients fp32. fp16 scales the loss (and the penalty's
+    gradient, written into `.grad` first) so small gradients survive, and skips a step whose
+    gradients overflowed, as `torch.amp.GradScaler` does; the scale starts afresh each task."""
+
+    precision: Literal["fp32", "bf16", "fp16"]
+    device_type: str
+    scaler: torch.amp.GradScaler | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.precision == "fp16":
+            self.scaler = torch.amp.GradScaler(self.device_type)
+
+    def autocast(self) -> AbstractContextManager[object]:
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device_type, dtype=dtype, enabled=self.precision != "fp32")
+
+    def backward(self, loss: Tensor, params: list[Tensor]) -> None:
+        """`loss.backward()`, adding to what `.grad` holds (the penalty's gradient)."""
+        if self.scaler is None:
+            loss.backward()
+            return
+        written = [p.grad for p in params if p.grad is not None]
+        if written:
+            torch._foreach_mul_(written, self.scaler.get_scale())
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """The optimizer's step; False when fp16's scaler skipped it (gradients overflowed)."""
+        if self.scaler is None:
+            optimizer.step()
+            return True
+        before = self.scaler.get_scale()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= before
 
 
 def training_set(
@@ -161,6 +206,7 @@ class TrainingLoop:
     probe: Callable[[int], None] | None = None  # called with the global step, every `probe_every`
     probe_every: int = 0
     replay: Replay | None = None
+    precision: MixedPrecision | None = None  # None: fp32
 
     def run(
         self,
@@ -190,6 +236,7 @@ class TrainingLoop:
         if shared:
             lo, hi = int(lo[0]), int(hi[0])
         self.model.train()
+        precision = self.precision or MixedPrecision("fp32", images.device.type)
         loss_value, since, clock = float("nan"), 0, time.perf_counter()
         batches = itertools.islice(batch_indices(len(targets), batch_size, steps, rng), done, None)
         # a progress bar on a terminal; in a log file or SLURM's captured output, where a bar
@@ -224,19 +271,21 @@ class TrainingLoop:
                 bounds = (lo, hi) if shared else (lo[batch], hi[batch])
                 if mixing:
                     inputs, units, *bounds = self.replay.added_to(inputs, units, *bounds)
-                logits = self.model(inputs)
-                loss = active_cross_entropy(logits, units, *bounds)
-                if (extra := self.strategy.extra_loss(self.model, inputs, logits)) is not None:
-                    loss = loss + extra
+                with precision.autocast():
+                    logits = self.model(inputs)
+                    loss = active_cross_entropy(logits, units, *bounds)
+                    if (extra := self.strategy.extra_loss(self.model, inputs, logits)) is not None:
+                        loss = loss + extra
                 pending = (step, *_to_host(loss))
                 self.strategy.write_penalty_gradient(self.params)
-                loss.backward()
+                precision.backward(loss, self.params)
                 if replaying and use == "constraint":
-                    self.strategy.constrain_gradient(
-                        self.params, partial(self.replay.loss, self.model)
-                    )
-                self.optimizer.step()
-                self.strategy.after_step(self.params)
+                    with precision.autocast():
+                        self.strategy.constrain_gradient(
+                            self.params, partial(self.replay.loss, self.model)
+                        )
+                if precision.step(self.optimizer):
+                    self.strategy.after_step(self.params)
                 if self.replay is not None:
                     self.replay.memory.add(images[batch], targets[batch], task)
                 since += len(batch)

@@ -38,6 +38,7 @@ from ewcexp.training import checkpoint
 from ewcexp.training.divergence import Diverged, first_non_finite
 from ewcexp.training.evaluation import accuracy
 from ewcexp.training.loop import (
+    MixedPrecision,
     Replay,
     TrainingLoop,
     training_set,
@@ -97,6 +98,11 @@ def prepare(
         log.warning(warning)
     torch.manual_seed(stream_seed(cfg.seed, "weights"))  # the model's initial weights
     device = instantiate(cfg.device).resolve()
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"train.precision=fp16 is not allowed on {device.type}: its gradient scaler is for "
+            "GPUs; use train.precision=bf16 (or fp32) here"
+        )
     sequence = build_sequence(cfg.task_sequence, cfg.data)
     tasks = len(sequence.tasks)
     model = build_model(
@@ -211,7 +217,7 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
             probe_every=run.train.eval_every or 0, replay=Replay.of(
                 state.memory, run.replay.batch_size or run.train.batch_size,
                 run.sequence.scenario, len(tasks), t,
-            ),
+            ), precision=MixedPrecision(run.train.precision, run.device.type),
         )  # fmt: skip
         description = f"task {t + 1}/{len(tasks)} [{run.strategy.name}]"
         done, loss = loop.run(
