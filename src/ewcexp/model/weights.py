@@ -58,24 +58,31 @@ def load_weights(model: nn.Module, path: str, target: str) -> None:
             f"{where} is not allowed: it holds no state dict (name → tensor), as a run's "
             "model.pt or torch.save(model.state_dict()) does"
         )
-    own = model.state_dict()
-    for name, tensor in own.items():
-        if name not in state:
-            raise ConfigError(
-                f"{where} does not fit model._target_={target}: the file has no tensor {name!r} "
-                f"({_shape(tensor)} in the model)"
-            )
-        if state[name].shape != tensor.shape:
-            raise ConfigError(
-                f"{where} does not fit model._target_={target}: tensor {name!r} is "
-                f"{_shape(state[name])} in the file, {_shape(tensor)} in the model"
-            )
-    if extra := [name for name in state if name not in own]:
-        raise ConfigError(
-            f"{where} does not fit model._target_={target}: the model has no tensor "
-            f"{extra[0]!r} ({_shape(state[extra[0]])} in the file)"
-        )
+    if (misfit := first_misfit(state, model.state_dict())) is not None:
+        raise ConfigError(f"{where} does not fit model._target_={target}: {misfit}")
     model.load_state_dict(state)
+
+
+def first_misfit(
+    state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], new: tuple[str, ...] = ()
+) -> str | None:
+    """Why the file's `state` cannot be loaded into a model whose state is `own` (the first
+    tensor missing, of another shape, or extra), or None; names starting with one of `new`
+    (a new output layer) are left out on both sides."""
+    for name, tensor in own.items():
+        if new and name.startswith(new):
+            continue
+        if name not in state:
+            return f"the file has no tensor {name!r} ({_shape(tensor)} in the model)"
+        if state[name].shape != tensor.shape:
+            return (
+                f"tensor {name!r} is {_shape(state[name])} in the file, "
+                f"{_shape(tensor)} in the model"
+            )
+    extra = [n for n in state if n not in own and not (new and n.startswith(new))]
+    if extra:
+        return f"the model has no tensor {extra[0]!r} ({_shape(state[extra[0]])} in the file)"
+    return None
 
 
 def freeze_all_but(model: nn.Module, patterns: list[str]) -> None:
