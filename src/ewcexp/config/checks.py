@@ -37,6 +37,7 @@ MODEL_KEYS: dict[str, Any] = {
         list[str], Rule(lambda v: len(v) > 0, "a non-empty list of parameter-name patterns", [])
     ]
     | None,  # e.g. ['head.*', 'net.layer4.*']: only matching parameters train; null: all
+    "lora": DictConfig,  # low-rank adapters: a section of its own (its _target_ declares its keys)
 }
 
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
@@ -157,7 +158,10 @@ def check_component(path: str, node: DictConfig) -> None:
         if key in HYDRA_KEYS:
             continue
         if path == "model" and key in MODEL_KEYS and key not in parameters:
-            check_value(f"{path}.{key}", node[key], MODEL_KEYS[key])
+            if isinstance(node[key], DictConfig):
+                check_component(f"{path}.{key}", node[key])
+            else:
+                check_value(f"{path}.{key}", node[key], MODEL_KEYS[key])
             continue
         if key not in parameters and not passed_on:
             raise undeclared(f"{path}.{key}", node[key], f"{target} takes {', '.join(parameters)}")

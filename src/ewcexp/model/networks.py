@@ -51,7 +51,8 @@ def build_model(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from ewcexp.model.weights import freeze_all_but, load_weights
+    from ewcexp.model.lora import LoRASettings, add_adapters, output_layer
+    from ewcexp.model.weights import freeze_all_but, holds_adapters, load_weights
 
     if given := [key for key in RUNNER_KEYS if key in node]:
         raise ConfigError(
@@ -75,11 +76,27 @@ def build_model(
             "out_features, num_classes (or **kwargs), so its output layer cannot be sized"
         )
     _check_output(model, node._target_, sample, out_features)
-    if ours.get("weights"):
-        load_weights(model, ours["weights"], node._target_)
-    if ours.get("trainable"):
-        freeze_all_but(model, list(ours["trainable"]))
+    lora = LoRASettings(**_plain_keys(ours["lora"])) if "lora" in ours else LoRASettings()
+    weights, trainable = ours.get("weights"), ours.get("trainable")
+    later = weights is not None and lora.rank is not None and holds_adapters(weights)
+    if weights and not later:  # a plain file: the network's own layers, before any adapter
+        load_weights(model, weights, node._target_)
+    if lora.rank is not None:
+        adapters = add_adapters(model, lora)
+        trainable = adapters + (list(trainable) if trainable else output_layer(model))
+    if later:  # a LoRA run's model.pt: adapters included
+        load_weights(model, weights, node._target_)
+    if trainable:
+        freeze_all_but(model, list(trainable))
     return model
+
+
+def _plain_keys(section: DictConfig) -> dict[str, object]:
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(section, resolve=True)
+    assert isinstance(values, dict)
+    return {str(k): v for k, v in values.items() if k != "_target_"}
 
 
 def _passing_on(build: Callable[..., nn.Module], node: DictConfig, **sizes: int) -> nn.Module:

@@ -63,6 +63,19 @@ def load_weights(model: nn.Module, path: str, target: str) -> None:
     model.load_state_dict(state)
 
 
+def holds_adapters(path: str) -> bool:
+    """Whether the file at `path` is of a network with LoRA adapters (`<layer>.down.weight`)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return False
+    try:
+        contents = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_weights says what is wrong with it
+        return False
+    state = contents.get("state_dict", contents) if isinstance(contents, dict) else {}
+    return isinstance(state, dict) and any(str(n).endswith(".down.weight") for n in state)
+
+
 def first_misfit(
     state: dict[str, torch.Tensor], own: dict[str, torch.Tensor], new: tuple[str, ...] = ()
 ) -> str | None:
