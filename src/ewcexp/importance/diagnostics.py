@@ -37,7 +37,8 @@ def diagnose(
         fishers = {
             estimator: estimate_fisher(
                 model, images, labels, estimator=estimator, active=data.active,
-                chunk_size=settings.chunk_size, batch_size=settings.batch_size,
+                chunk_size=settings.chunk_size, memory_mb=settings.memory_mb,
+                batch_size=settings.batch_size,
                 generator=generator,
             )
             for estimator in ESTIMATORS

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ewcexp.config.schema import NonNegativeFloat, PositiveInt
 from ewcexp.importance.contract import SampleCount, TaskData
 from ewcexp.importance.kfac import KroneckerImportance, kronecker_factors
-from ewcexp.importance.per_sample import per_sample_sum
+from ewcexp.importance.per_sample import ChunkSize, per_sample_sum
 
 Estimator = Literal["exact", "sample", "empirical", "batched"]
 ESTIMATORS: tuple[str, ...] = get_args(Estimator)
@@ -43,12 +43,14 @@ ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 class Fisher:
     """The `fisher` config group: the diagonal Fisher of the task just learned, estimated on
     `num_samples` of its training samples (-1: all) with `estimator`. `chunk_size` bounds the
-    samples the per-sample estimators hold at once (memory only, same result); `batch_size`
+    samples the per-sample estimators hold at once (memory only, same result; "auto": as
+    many as `memory_mb` megabytes hold, `per_sample.chunk_for`); `batch_size`
     is the minibatch of `batched`, whose result depends on it."""
 
     estimator: Estimator = "exact"
     num_samples: SampleCount = -1
-    chunk_size: PositiveInt = 256
+    chunk_size: ChunkSize = 256
+    memory_mb: PositiveInt = 2048  # chunk_size=auto: what the per-sample estimators may hold
     batch_size: PositiveInt = 256
     structure: Literal["diagonal", "kfac"] = "diagonal"
     damping: NonNegativeFloat = 0.0  # kfac: √damping·I added to A and G
@@ -66,6 +68,19 @@ class Fisher:
         return None
 
     kind: ClassVar[str] = "fisher"
+    EXACT_AFFORDABLE: ClassVar[int] = 100  # active classes beyond which `exact` is warned about
+
+    def cost_warning(self, classes: int) -> str | None:
+        """One line when `exact` would take far more backward passes than the others: it
+        needs C − 1 per chunk over C active classes (999 for ImageNet's 1000), `sample` and
+        `empirical` one."""
+        if self.estimator != "exact" or classes <= self.EXACT_AFFORDABLE:
+            return None
+        return (
+            f"fisher.estimator=exact over {classes} active classes takes {classes - 1} backward "
+            f"passes per chunk, {classes - 1}x fisher.estimator=sample or empirical (one each): "
+            "consider those, or fewer fisher.num_samples"
+        )
 
     @property
     def name(self) -> str:
@@ -82,6 +97,7 @@ class Fisher:
             estimator=self.estimator,
             active=data.active,
             chunk_size=self.chunk_size,
+            memory_mb=self.memory_mb,
             batch_size=self.batch_size,
             generator=data.generator,
         )
@@ -98,7 +114,7 @@ class Fisher:
         blocks = kronecker_factors(
             model, images, signals_for, active=data.active,
             signals_per_sample=signal_count(self.estimator, data.active),
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, memory_mb=self.memory_mb,
         )  # fmt: skip
         covered = {b.weight for b in blocks} | {b.bias for b in blocks if b.bias is not None}
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -106,7 +122,7 @@ class Fisher:
             return KroneckerImportance([None] * len(trainable), blocks, self.damping)
         diagonal = estimate_fisher(
             model, images, labels, estimator=self.estimator, active=data.active,
-            chunk_size=self.chunk_size, generator=data.generator,
+            chunk_size=self.chunk_size, memory_mb=self.memory_mb, generator=data.generator,
         )  # fmt: skip
         return KroneckerImportance(
             [None if i in covered else f for i, f in enumerate(diagonal)], blocks, self.damping
@@ -120,7 +136,8 @@ def estimate_fisher(
     *,
     estimator: str,
     active: slice,
-    chunk_size: int = 256,
+    chunk_size: int | Literal["auto"] = 256,
+    memory_mb: int = 2048,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
 ) -> list[Tensor]:
@@ -154,6 +171,7 @@ def estimate_fisher(
         signals_per_sample=signal_count(estimator, active),
         power=2,
         chunk_size=chunk_size,
+        memory_mb=memory_mb,
     )
     return [t / len(images) for t in total]
 

@@ -17,14 +17,14 @@ of the per-sample gradient Σ_t δ_t ā_tᵀ, which assumes uncorrelated positio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ewcexp.importance.contract import StructuredImportance
 from ewcexp.importance.penalty import PenaltyTerm, Tensors
-from ewcexp.importance.per_sample import Signals, plan_for, unfold
+from ewcexp.importance.per_sample import Signals, chunk_for, plan_for, unfold
 
 
 @dataclass
@@ -75,7 +75,8 @@ def kronecker_factors(
     *,
     active: slice,
     signals_per_sample: int,
-    chunk_size: int = 256,
+    chunk_size: int | Literal["auto"] = 256,
+    memory_mb: int = 2048,
 ) -> list[Factors]:
     """A and G of every Linear layer applied once per sample and every unfoldable Conv2d,
     from one forward pass and one backward pass per signal, chunk by chunk; a chunk's stacked
@@ -91,7 +92,7 @@ def kronecker_factors(
         a_sums: dict[nn.Module, Tensor] = {}  # upper triangles (see add_gram)
         g_sums: dict[nn.Module, Tensor] = {}
         positions: dict[nn.Module, int] = {}
-        chunk = min(chunk_size, plan.max_chunk(signals_per_sample))
+        chunk = chunk_for(model, plan, images, chunk_size, signals_per_sample, memory_mb)
         seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}  # a layer's input and output
         for start in range(0, len(images), chunk):
             rows = slice(start, start + chunk)

@@ -19,17 +19,18 @@ from torch import Tensor, nn
 
 from ewcexp.config.schema import PositiveInt
 from ewcexp.importance.contract import SampleCount, TaskData
-from ewcexp.importance.per_sample import per_sample_sum
+from ewcexp.importance.per_sample import ChunkSize, per_sample_sum
 
 
 @dataclass(frozen=True)
 class MASImportance:
     """Mean absolute gradient of the squared L2 norm of the active logits, over `num_samples`
     of the task's training samples (-1: all); labels are not used. `chunk_size`: samples held
-    at once (memory only)."""
+    at once (memory only; "auto": as many as `memory_mb` megabytes hold)."""
 
     num_samples: SampleCount = -1
-    chunk_size: PositiveInt = 256
+    chunk_size: ChunkSize = 256
+    memory_mb: PositiveInt = 2048  # chunk_size=auto: what the per-sample pass may hold
     kind: ClassVar[str] = "mas"
     name: ClassVar[str] = "mas"
 
@@ -47,5 +48,6 @@ class MASImportance:
             signals_per_sample=1,
             power=1,
             chunk_size=self.chunk_size,
+            memory_mb=self.memory_mb,
         )
         return [t / len(images) for t in total]

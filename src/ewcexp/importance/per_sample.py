@@ -17,16 +17,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ewcexp.config.schema import PositiveInt
+
 FLOATS_PER_CHUNK = 2**25  # per-sample gradients materialised at once (128 MiB of float32)
 MOMENTS: dict[int, Callable[[Tensor], Tensor]] = {2: lambda x: x * x, 1: torch.abs}
 # (detached logits of a chunk, the chunk's rows) -> backward signals [signal, sample, class]
 Signals = Callable[[Tensor, slice], Tensor]
+# samples held at once: a number, or "auto": as many as `memory_mb` allows (`chunk_for`)
+ChunkSize = PositiveInt | Literal["auto"]
 
 
 def per_sample_sum(
@@ -37,10 +42,12 @@ def per_sample_sum(
     active: slice,
     signals_per_sample: int,
     power: int,
-    chunk_size: int = 256,
+    chunk_size: int | Literal["auto"] = 256,
+    memory_mb: int = 2048,
 ) -> list[Tensor]:
     """Σ_n Σ_s |∂(s · logits_active(x_n))/∂θ|^power, one tensor per trainable parameter in
-    `model.parameters()` order. At most `chunk_size` samples are held at once (memory only).
+    `model.parameters()` order. At most `chunk_size` samples are held at once (memory only;
+    "auto": `chunk_for` picks it from `memory_mb`).
     The model is put in eval mode (BatchNorm uses its running statistics, which are left
     untouched) and restored after."""
     moment = MOMENTS[power]
@@ -50,7 +57,7 @@ def per_sample_sum(
     model.eval()
     try:
         plan = plan_for(model, params, images[:1])
-        chunk = min(chunk_size, plan.max_chunk(signals_per_sample))
+        chunk = chunk_for(model, plan, images, chunk_size, signals_per_sample, memory_mb)
         for start in range(0, len(images), chunk):
             rows = slice(start, start + chunk)
             _add_chunk(model, plan, totals, images[rows], rows, signals_for, active, moment)
@@ -116,6 +123,42 @@ def plan_for(model: nn.Module, params: list[Tensor], probe: Tensor) -> Plan:
             plan.floats_per_sample, sum(p.numel() for p in plan.others.values())
         )
     return plan
+
+
+def chunk_for(
+    model: nn.Module,
+    plan: Plan,
+    images: Tensor,
+    chunk_size: int | Literal["auto"],
+    signals: int,
+    memory_mb: int,
+) -> int:
+    """Samples per chunk: `chunk_size` within `Plan.max_chunk`'s bound, or for "auto" the
+    most that fit `memory_mb`: a chunk of n holds the forward pass's saved activations,
+    about as much again while the backward pass runs, and the materialised per-sample
+    gradients (`Plan.floats_per_sample` per signal); the activations are measured on one and
+    two samples (bytes(n) = fixed + n · per sample)."""
+    if chunk_size != "auto":
+        return min(chunk_size, plan.max_chunk(signals))
+    one = _saved_bytes(model, images[:1])
+    per_sample = max(1, _saved_bytes(model, images[:2]) - one) if len(images) > 1 else one
+    fixed = max(0, one - per_sample)
+    room = memory_mb * 2**20 - fixed
+    return max(1, int(room // (2 * per_sample + 4 * plan.floats_per_sample * signals)))
+
+
+def _saved_bytes(model: nn.Module, images: Tensor) -> int:
+    """Bytes autograd keeps for the backward pass of `model(images)`, and the output."""
+    total = 0
+
+    def pack(tensor: Tensor) -> Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        output = model(images)
+    return total + output.numel() * output.element_size()
 
 
 def _unfoldable(conv: nn.Conv2d) -> bool:

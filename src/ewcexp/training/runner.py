@@ -116,6 +116,11 @@ def prepare(
         output_dir, instantiate(cfg.replay),
         instantiate(cfg.fisher) if cfg.fisher.diagnostics else None,
     )  # fmt: skip
+    actives = [sequence.scenario.active(t, seen=t) for t in range(tasks)]  # at consolidation
+    widest = max(active.stop - active.start for active in actives)
+    for importance in (run.strategy.importance, run.diagnostics):
+        if (warning := getattr(importance, "cost_warning", lambda _: None)(widest)) is not None:
+            log.warning(warning)
     state = LoopState(
         model,
         run.strategy,
