@@ -10,6 +10,8 @@ then, per layer:
   |x| factor over a product, so Σ_n m(δ_n a_nᵀ) = m(δ)ᵀ m(a): one matmul;
 - `nn.Conv2d` (weights shared across positions: a sum of such products, which does not
   factor): per-sample gradients from the unfolded input, one chunk and signal at a time;
+- `nn.Linear` applied once to a sequence per sample ([N, tokens, in]: a transformer's
+  layers): the same sum over positions, the tokens as the positions;
 - any other parameter: per-sample gradients by `torch.func` (vmap of grad), chunked.
 """
 
@@ -72,6 +74,7 @@ class Plan:
 
     linears: list[nn.Linear] = field(default_factory=list)
     convs: list[nn.Conv2d] = field(default_factory=list)
+    sequences: list[nn.Linear] = field(default_factory=list)  # on [N, tokens, in] inputs
     others: dict[str, Tensor] = field(default_factory=dict)  # name -> parameter, for torch.func
     floats_per_sample: int = 0  # most floats held per sample and signal (gradients, δ)
 
@@ -110,11 +113,13 @@ def plan_for(model: nn.Module, params: list[Tensor], probe: Tensor) -> Plan:
         elif isinstance(module, nn.Conv2d) and input_dims[module] == [4]:
             plan.convs.append(module)
             plan.floats_per_sample = max(plan.floats_per_sample, module.weight.numel())
+        elif isinstance(module, nn.Linear) and len(input_dims[module]) == 1:
+            plan.sequences.append(module)  # one call on [N, tokens..., in]
+            plan.floats_per_sample = max(plan.floats_per_sample, module.weight.numel())
+    fast_layers = plan.linears + plan.convs + plan.sequences
     # the output gradients δ of every fast layer are held at once
-    plan.floats_per_sample = max(
-        plan.floats_per_sample, sum(output_sizes[m] for m in plan.linears + plan.convs)
-    )
-    fast = {id(p) for m in plan.linears + plan.convs for p in m.parameters()}
+    plan.floats_per_sample = max(plan.floats_per_sample, sum(output_sizes[m] for m in fast_layers))
+    fast = {id(p) for m in fast_layers for p in m.parameters()}
     plan.others = {
         n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in fast
     }
@@ -176,7 +181,7 @@ def _add_chunk(
     moment: Callable[[Tensor], Tensor],
 ) -> None:
     """Add a chunk's Σ_n Σ_s moment(per-sample gradient) to `totals`."""
-    layers = plan.linears + plan.convs
+    layers = plan.linears + plan.convs + plan.sequences
     seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
     hooks = [
         m.register_forward_hook(lambda m, i, o: seen.update({m: (i[0].detach(), o)}))
@@ -192,6 +197,7 @@ def _add_chunk(
         outputs = [seen[m][1] for m in layers]
         linear_moments = [0.0] * len(plan.linears)  # Σ over signals of moment(δ), per Linear
         patches = {conv: unfold(conv, seen[conv][0]) for conv in plan.convs}
+        patches |= {m: seen[m][0].flatten(1, -2) for m in plan.sequences}  # [N, tokens, in]
         # one backward pass per signal (for `exact`, per class), each used at once; batching
         # them with `is_grads_batched` is slower (vmap falls back to loops for max-pooling)
         for signal in signals:
@@ -199,8 +205,11 @@ def _add_chunk(
             for i, (layer, delta) in enumerate(zip(layers, deltas, strict=True)):
                 if i < len(plan.linears):
                     linear_moments[i] = linear_moments[i] + moment(delta)
-                else:
-                    _add_conv(layer, totals, patches[layer], delta, moment)
+                elif isinstance(layer, nn.Conv2d):  # [N, out, positions]
+                    _add_shared(layer, totals, patches[layer], delta.flatten(2), moment)
+                else:  # [N, tokens, out] → [N, out, tokens]
+                    per_token = delta.flatten(1, -2).transpose(1, 2)
+                    _add_shared(layer, totals, patches[layer], per_token, moment)
         for layer, delta_moment in zip(plan.linears, linear_moments, strict=True):
             _add_linear(layer, totals, seen[layer][0], delta_moment, moment)
     if plan.others:
@@ -227,16 +236,17 @@ def unfold(layer: nn.Conv2d, inputs: Tensor) -> Tensor:
     return patches.transpose(1, 2)
 
 
-def _add_conv(
-    layer: nn.Conv2d,
+def _add_shared(
+    layer: nn.Conv2d | nn.Linear,
     totals: dict[Tensor, Tensor],
     patches: Tensor,
-    delta: Tensor,
+    per_position: Tensor,
     moment: Callable[[Tensor], Tensor],
 ) -> None:
-    """Per-sample weight gradients δ_n · patches_n for one signal (a sum over positions, so
-    no factoring: materialised), through `moment` and summed."""
-    per_position = delta.flatten(2)  # [sample, out_channels, positions]
+    """Per-sample weight gradients δ_n · patches_n for one signal, a layer's weights shared
+    across positions (a convolution's, a sequence's tokens): a sum over positions, so no
+    factoring: materialised, through `moment` and summed. `per_position`: [sample, out,
+    positions]; `patches`: [sample, positions, in]."""
     weight_grads = torch.bmm(per_position, patches)
     totals[layer.weight] += moment(weight_grads).sum(0).view_as(layer.weight)
     if layer.bias is not None:
