@@ -19,7 +19,7 @@ from torchvision.transforms.v2.functional import InterpolationMode
 from torchvision.transforms.v2.functional import rotate as torchvision_rotate
 
 import ewcexp.data.images
-from ewcexp.config.checks import ConfigError, check_config
+from ewcexp.config.checks import SEQUENCE_KEYS, ConfigError, check_config, without_keys
 from ewcexp.data.image_data import DataUnavailable
 from ewcexp.data.images import load_images
 from ewcexp.data.scenarios import rotate
@@ -54,6 +54,11 @@ def cifar_root(new_data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     trust_cifar_files(monkeypatch, new_data_root, "CIFAR10")
     trust_cifar_files(monkeypatch, new_data_root, "CIFAR100")
     return new_data_root
+
+
+def sequence_node(cfg):
+    """The task_sequence section as its sequence class takes it (the runner's keys out)."""
+    return without_keys(cfg.task_sequence, SEQUENCE_KEYS)
 
 
 def load(name: str, root: Path) -> ewcexp.data.images.ImageData:
@@ -227,7 +232,7 @@ def test_rotate_turns_colour_images_channel_by_channel():
 def test_split_cifar10_gives_class_pairs_and_a_head_per_task(cifar_root):
     cfg = compose_config("task_sequence=split_cifar10", f"data.root={cifar_root}")
     images = load("cifar10", cifar_root)
-    sequence = instantiate(cfg.task_sequence, images=images)
+    sequence = instantiate(sequence_node(cfg), images=images)
     assert isinstance(sequence, SplitSequence) and sequence.input_shape == (3, 32, 32)
     assert [task.class_ids for task in sequence.tasks] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
     assert sequence.scenario.output_size == 10
@@ -241,7 +246,7 @@ def test_split_cifar10_gives_class_pairs_and_a_head_per_task(cifar_root):
 
 def test_split_cifar100_is_10_tasks_of_10_or_by_override_20_of_5(cifar_root):
     images = load("cifar100", cifar_root)
-    ten = instantiate(compose_config("task_sequence=split_cifar100").task_sequence, images=images)
+    ten = instantiate(sequence_node(compose_config("task_sequence=split_cifar100")), images=images)
     assert [len(task.class_ids) for task in ten.tasks] == [10] * 10
     assert ten.tasks[9].class_ids == list(range(90, 100)) and ten.scenario.output_size == 100
     cfg = compose_config(
@@ -250,7 +255,7 @@ def test_split_cifar100_is_10_tasks_of_10_or_by_override_20_of_5(cifar_root):
         "task_sequence.classes_per_task=5",
     )
     check_config(cfg)
-    twenty = instantiate(cfg.task_sequence, images=images)
+    twenty = instantiate(sequence_node(cfg), images=images)
     assert [task.class_ids for task in twenty.tasks][:2] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     assert len(twenty.tasks) == 20 and twenty.scenario.active(19, seen=19) == slice(95, 100)
     train, local = twenty.tasks[3].train_set()

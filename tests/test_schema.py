@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ewcexp.config.checks import (
     HYDRA_KEYS,
-    MODEL_KEYS,
+    SECTION_KEYS,
     TOP_LEVEL_KEYS,
     ConfigError,
     check_config,
@@ -59,8 +59,8 @@ def section_leaves(section: DictConfig, path: str) -> Iterator[tuple[str, Any]]:
         if isinstance(section[inner], DictConfig):
             yield from section_leaves(section[inner], f"{path}.{inner}")
             continue
-        if path == "model" and inner in MODEL_KEYS and inner not in parameters:
-            yield f"{path}.{inner}", MODEL_KEYS[inner]  # the runner's keys for any network
+        if inner in SECTION_KEYS.get(path, {}) and inner not in parameters:
+            yield f"{path}.{inner}", SECTION_KEYS[path][inner]  # the runner's keys
             continue
         assert parameters.get(inner) is not None, f"{path}.{inner} is not declared"
         yield f"{path}.{inner}", parameters[inner]

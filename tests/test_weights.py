@@ -107,3 +107,56 @@ def test_a_misfit_file_or_pattern_is_one_line_and_nothing_is_written(
     run = tmp_path / "run"
     assert not (run / "results.json").exists() and not (run / "checkpoint.pt").exists()
     assert not (run / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_pretrained_on_makes_the_starting_weights_task_0_consolidated_and_evaluated(
+    tmp_path, data_root
+):
+    """A run learns MNIST's ten digits as one task; runs on permuted MNIST start from its
+    model.pt with task_sequence.pretrained_on=mnist: T0's accuracy at the start is the first
+    run's own (its output layer loaded into T0's units), it is measured after every task
+    through those units, and an L2 penalty consolidated at the start holds the shared layer
+    there, where fine-tuning moves it."""
+    first = tmp_path / "mnist"
+    first.mkdir()
+    one_task = ["task_sequence=split_mnist", "task_sequence.num_tasks=1",
+                "task_sequence.classes_per_task=10", "train.iterations=100"]  # fmt: skip
+    done = run_cli(*TINY, *one_task, cwd=first, data_root=data_root)
+    assert done.returncode == 0, done.stderr
+    learned = json.loads((first / "run" / "results.json").read_text())["avg_acc"]
+    start = torch.load(first / "run" / "model.pt", weights_only=True)["state_dict"]
+    hidden = ["layers.0.weight", "layers.0.bias"]  # shared by T0 and the new tasks
+    kept = {}
+    for strategy in ("finetune", "l2"):
+        folder = tmp_path / strategy
+        folder.mkdir()
+        done = run_cli(
+            *TINY, "task_sequence.pretrained_on=mnist", f"model.weights={first / 'run' / 'model.pt'}",
+            f"strategy={strategy}", "lambda=10000", "train.iterations=100", cwd=folder,
+            data_root=data_root,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        results = json.loads((folder / "run" / "results.json").read_text())
+        assert results["pretrained_on"] == "mnist"
+        assert results["acc_pretrained"][0] == pytest.approx(learned, abs=1e-6)
+        assert len(results["acc_pretrained"]) == 4  # the start, then after each of 3 tasks
+        assert [m["acc/pretrained"] for m in results["per_task"]] == results["acc_pretrained"][1:]
+        assert "T0 (mnist)" in done.stderr + done.stdout
+        end = torch.load(folder / "run" / "model.pt", weights_only=True)["state_dict"]
+        kept[strategy] = sum(float((end[n] - start[n]).norm()) for n in hidden)
+    # L2 was consolidated at the starting weights before task 1: it pulls the shared layers
+    # back there (the synthetic digits are too easy for T0's accuracy itself to drop)
+    assert kept["l2"] < 0.1 * kept["finetune"]
+
+
+@pytest.mark.slow
+def test_pretrained_on_data_that_is_not_there_is_one_line_and_nothing_is_written(
+    tmp_path, data_root
+):
+    done = run_cli(*TINY, "task_sequence.pretrained_on=cifar10", cwd=tmp_path, data_root=data_root)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    errors = [row for row in done.stderr.splitlines() if row.startswith("error:")]
+    assert errors and "cifar10" in errors[0].lower()
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

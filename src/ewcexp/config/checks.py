@@ -40,6 +40,14 @@ MODEL_KEYS: dict[str, Any] = {
     "lora": DictConfig,  # low-rank adapters: a section of its own (its _target_ declares its keys)
 }
 
+# keys of the `task_sequence` section that the runner reads, whatever sequence it names
+SEQUENCE_KEYS: dict[str, Any] = {
+    # a data set whose classes the starting weights learned: task 0 (T0), consolidated at the
+    # start and evaluated after every task through its own output units; null: none
+    "pretrained_on": str | None,
+}
+SECTION_KEYS: dict[str, dict[str, Any]] = {"model": MODEL_KEYS, "task_sequence": SEQUENCE_KEYS}
+
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 
 
@@ -96,6 +104,15 @@ def checkable(hint: Any) -> bool:
     if origin in (Union, types.UnionType, list, tuple):
         return bool(args) and all(checkable(arg) for arg in args)
     return hint in BASIC
+
+
+def without_keys(node: DictConfig, keys: Any) -> DictConfig:
+    """`node` resolved (its interpolations, `${seed}`, read where it stands in the config)
+    and without `keys`: what a section's `_target_` is called with, the runner's keys left
+    out."""
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
+    return OmegaConf.create({k: v for k, v in values.items() if k not in keys})
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -157,11 +174,12 @@ def check_component(path: str, node: DictConfig) -> None:
     for key in node:
         if key in HYDRA_KEYS:
             continue
-        if path == "model" and key in MODEL_KEYS and key not in parameters:
+        runner_keys = SECTION_KEYS.get(path, {})
+        if key in runner_keys and key not in parameters:
             if isinstance(node[key], DictConfig):
                 check_component(f"{path}.{key}", node[key])
             else:
-                check_value(f"{path}.{key}", node[key], MODEL_KEYS[key])
+                check_value(f"{path}.{key}", node[key], runner_keys[key])
             continue
         if key not in parameters and not passed_on:
             raise undeclared(f"{path}.{key}", node[key], f"{target} takes {', '.join(parameters)}")

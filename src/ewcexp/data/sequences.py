@@ -277,5 +277,23 @@ def build_sequence(node: DictConfig, data: DictConfig) -> TaskSequence:
     ConfigError, DataUnavailable) is raised as it is, one line."""
     from hydra.utils import instantiate
 
+    from ewcexp.config.checks import SEQUENCE_KEYS, without_keys
+
+    node = without_keys(node, SEQUENCE_KEYS)
     images, dataset = load_dataset(data, node.dataset)
     return instantiate(node, dataset=dataset, _partial_=True)(images=images)
+
+
+def pretrained_task(name: str, data: DictConfig, sequence: TaskSequence) -> Task:
+    """Task 0 of `task_sequence.pretrained_on=name`: every class of that data set, loaded
+    through the `data` section as the sequence's own; its images must have the sequence's
+    shape (one line otherwise)."""
+    images, _ = load_dataset(data, name)
+    shape = tuple(images.train_images.shape[1:])
+    if shape != tuple(sequence.input_shape):
+        raise ConfigError(
+            f"task_sequence.pretrained_on={name} is not allowed: its images are {list(shape)}, "
+            f"the sequence's {list(sequence.input_shape)}"
+        )
+    classes = list(range(class_count(images)))
+    return Task(index=-1, name=f"{name} (pretrained)", images=images, class_ids=classes)

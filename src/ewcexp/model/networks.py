@@ -24,6 +24,7 @@ from ewcexp.config.checks import (
     declared_keys,
     show,
     takes_any_keyword,
+    without_keys,
 )
 from ewcexp.config.schema import PositiveFloat, PositiveInt
 
@@ -39,17 +40,21 @@ def as_float(images: Tensor) -> Tensor:
 
 
 def build_model(
-    node: DictConfig, input_shape: tuple[int, ...], out_features: int, sample: Tensor
+    node: DictConfig,
+    input_shape: tuple[int, ...],
+    out_features: int,
+    sample: Tensor,
+    pretrained_units: int | None = None,
 ) -> nn.Module:
     """The network `node` names, for images of `input_shape` and `out_features` output units.
     `input_shape` and `out_features` go to a callable that takes them (then it takes uint8
     images); otherwise `num_classes=out_features` goes to one that takes it or **kwargs, and
     the network is wrapped in `FloatImages`. Its output on `sample` (a few training images)
     must be [N, out_features]: a mismatch is one line here, not a failure mid-training.
-    Then `model.weights` (a file) is loaded and `model.trainable` freezes the rest
-    (`ewcexp.model.weights`)."""
+    Then `model.weights` (a file) is loaded (its output layer into the last
+    `pretrained_units` units, for task_sequence.pretrained_on) and `model.trainable` freezes
+    the rest (`ewcexp.model.weights`)."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from ewcexp.model.lora import LoRASettings, add_adapters, output_layer
     from ewcexp.model.weights import freeze_all_but, holds_adapters, load_weights
@@ -61,7 +66,7 @@ def build_model(
         )
     theirs = declared_keys(node._target_)[1]
     ours = {key: node[key] for key in MODEL_KEYS if key in node and key not in theirs}
-    node = OmegaConf.masked_copy(node, [key for key in node if key not in ours])
+    node = without_keys(node, ours)
     # called here, not by Hydra, so that a ConfigError the model raises is not wrapped
     build = instantiate(node, _partial_=True)
     parameters = inspect.signature(build.func).parameters
@@ -80,12 +85,12 @@ def build_model(
     weights, trainable = ours.get("weights"), ours.get("trainable")
     later = weights is not None and lora.rank is not None and holds_adapters(weights)
     if weights and not later:  # a plain file: the network's own layers, before any adapter
-        load_weights(model, weights, node._target_)
+        load_weights(model, weights, node._target_, pretrained_units)
     if lora.rank is not None:
         adapters = add_adapters(model, lora)
         trainable = adapters + (list(trainable) if trainable else output_layer(model))
     if later:  # a LoRA run's model.pt: adapters included
-        load_weights(model, weights, node._target_)
+        load_weights(model, weights, node._target_, pretrained_units)
     if trainable:
         freeze_all_but(model, list(trainable))
     return model

@@ -39,10 +39,14 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     }
 
 
-def load_weights(model: nn.Module, path: str, target: str) -> None:
+def load_weights(
+    model: nn.Module, path: str, target: str, pretrained_units: int | None = None
+) -> None:
     """Load the file at `path` (a `model.pt` of ewcexp, or a plain state dict) into `model`,
     built from `model._target_=target`. Every tensor must be there with its shape: the first
-    one missing, extra or of another shape is one line naming the file and the tensor."""
+    one missing, extra or of another shape is one line naming the file and the tensor. With
+    `pretrained_units` (task_sequence.pretrained_on), the file's output layer of that many
+    units becomes the last units of the model's, the new tasks' units before them fresh."""
     file = Path(path).expanduser()
     where = f"model.weights={path}"
     if not file.is_file():
@@ -58,9 +62,29 @@ def load_weights(model: nn.Module, path: str, target: str) -> None:
             f"{where} is not allowed: it holds no state dict (name → tensor), as a run's "
             "model.pt or torch.save(model.state_dict()) does"
         )
+    if pretrained_units:
+        state = _extended_head(model, dict(state), pretrained_units)
     if (misfit := first_misfit(state, model.state_dict())) is not None:
         raise ConfigError(f"{where} does not fit model._target_={target}: {misfit}")
     model.load_state_dict(state)
+
+
+def _extended_head(
+    model: nn.Module, state: dict[str, torch.Tensor], units: int
+) -> dict[str, torch.Tensor]:
+    """`state` with its output layer's `units` rows moved to the end of the model's (larger)
+    output layer, the rows before them as the model initialised them."""
+    from ewcexp.model.lora import output_layer
+
+    own = model.state_dict()
+    for name in output_layer(model):
+        theirs, ours = state.get(name), own[name]
+        fits = theirs is not None and theirs.shape[1:] == ours.shape[1:]
+        if fits and theirs.shape[0] == units and ours.shape[0] > units:
+            extended = ours.detach().clone()
+            extended[-units:] = theirs
+            state[name] = extended
+    return state
 
 
 def holds_adapters(path: str) -> bool:

@@ -33,6 +33,7 @@ class Record:
     diagnostics: list[dict[str, Any]] = field(default_factory=list)  # fisher.diagnostics's
     task_fishers: list[Tensor] = field(default_factory=list)  # each task's exact, flattened
     overlaps: list[list[float]] = field(default_factory=list)  # task t's with tasks 1..t
+    acc_pretrained: list[float] = field(default_factory=list)  # T0: at the start, after each
     earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
     started: float = field(default_factory=time.perf_counter)  # this process
 
@@ -52,6 +53,7 @@ class Record:
             "diagnostics": self.diagnostics,
             "task_fishers": self.task_fishers,
             "overlaps": self.overlaps,
+            "acc_pretrained": self.acc_pretrained,
             "wall_s": self.wall_s(),
         }
 
@@ -72,6 +74,7 @@ class Record:
         self.overlaps = state.get("overlaps") or [
             overlap_row(self.task_fishers[: t + 1]) for t in range(len(self.task_fishers))
         ]
+        self.acc_pretrained = list(state.get("acc_pretrained", []))
 
     @contextmanager
     def timing(self, phase: str) -> Iterator[None]:

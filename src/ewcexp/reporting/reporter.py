@@ -143,10 +143,17 @@ class Reporter:
         self.record.continual.append(point)
         self._each("log_continual", point)
 
+    def pretrained_evaluated(self, accuracy: float) -> None:
+        """The pretrained task's (T0's) accuracy: at the start, then before each row."""
+        self.record.acc_pretrained.append(accuracy)
+
     def evaluated(self, task: int, row: list[float]) -> None:
-        """Row `task` of the accuracy matrix: every task after learning task `task`."""
+        """Row `task` of the accuracy matrix: every task after learning task `task` (and
+        T0's accuracy then, as `acc/pretrained`, with task_sequence.pretrained_on)."""
         self.record.acc[task] = torch.tensor(row, dtype=self.record.acc.dtype)
         metrics = task_metrics(self.record.acc, task)
+        if len(self.record.acc_pretrained) > task + 1:
+            metrics["acc/pretrained"] = self.record.acc_pretrained[task + 1]
         self.record.per_task.append(metrics)
         self._each("log_task", task, metrics)
 

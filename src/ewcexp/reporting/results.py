@@ -47,6 +47,14 @@ def summarize(
         "bwt": last.get("bwt"),
         "forgetting": last.get("forgetting"),
         "per_task": per_task,
+        **(
+            {
+                "pretrained_on": config["task_sequence"]["pretrained_on"],
+                "acc_pretrained": record.acc_pretrained[: done + 1],
+            }
+            if record.acc_pretrained
+            else {}
+        ),
         "data_source": sequence.source,
         "wall_time_s": record.wall_s(),
         "phase_time_s": record.seconds,
@@ -135,9 +143,15 @@ def format_report(results: dict[str, Any]) -> str:
         f"{results['scenario']}-incremental, data: {results['data_source']})",
         header,
     ]
+    kept = results.get("acc_pretrained")
+    if kept:
+        header += f"   T0 ({results['pretrained_on']})"
+        lines[-1] = header
+        lines.append(f"{'start':>11} {' ' * 7 * len(matrix)}{' ' * 11}   {100 * kept[0]:5.1f}")
     for i, row in enumerate(matrix):
         cells = " ".join(f"{100 * a:6.1f}" if j <= i else f"{'·':>6}" for j, a in enumerate(row))
-        lines.append(f"{f'T{i + 1}':>11} {cells}   ACC {100 * results['avg_acc_seen'][i]:5.1f}")
+        t0 = f"   {100 * kept[i + 1]:5.1f}" if kept else ""
+        lines.append(f"{f'T{i + 1}':>11} {cells}   ACC {100 * results['avg_acc_seen'][i]:5.1f}{t0}")
 
     def percent(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:+.1f}"

@@ -23,7 +23,7 @@ from ewcexp.config.checks import ConfigError, settings_without_effect
 from ewcexp.config.seeds import generator, stream_seed
 from ewcexp.data import DataUnavailable
 from ewcexp.data.replay import replay_memory
-from ewcexp.data.sequences import build_sequence
+from ewcexp.data.sequences import build_sequence, pretrained_task
 from ewcexp.importance.contract import TaskData, diagonal_of, spectra_of
 from ewcexp.importance.diagnostics import diagnose
 from ewcexp.model import build_model
@@ -36,7 +36,7 @@ from ewcexp.reporting.reporter import Reporter
 from ewcexp.reporting.results import format_report
 from ewcexp.training import checkpoint
 from ewcexp.training.divergence import Diverged, first_non_finite
-from ewcexp.training.evaluation import accuracy
+from ewcexp.training.evaluation import accuracy, accuracy_over
 from ewcexp.training.loop import (
     MixedPrecision,
     Replay,
@@ -105,16 +105,19 @@ def prepare(
         )
     sequence = build_sequence(cfg.task_sequence, cfg.data)
     tasks = len(sequence.tasks)
+    name = cfg.task_sequence.get("pretrained_on")
+    pretrained = pretrained_task(name, cfg.data, sequence) if name else None
+    known = len(pretrained.class_ids) if pretrained else 0  # T0's units, after the scenario's
     model = build_model(
-        cfg.model, sequence.input_shape, sequence.scenario.output_size,
-        sample=sequence.images.train_images[:2],
+        cfg.model, sequence.input_shape, sequence.scenario.output_size + known,
+        sample=sequence.images.train_images[:2], pretrained_units=known or None,
     ).to(device)  # fmt: skip
     record = Record(torch.zeros(tasks, tasks), started=started)
     run = Run(
         cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
         instantiate(cfg.optimizer), Reporter(record, instantiate(cfg.logger)), device,
         output_dir, instantiate(cfg.replay),
-        instantiate(cfg.fisher) if cfg.fisher.diagnostics else None,
+        instantiate(cfg.fisher) if cfg.fisher.diagnostics else None, pretrained,
     )  # fmt: skip
     actives = [sequence.scenario.active(t, seen=t) for t in range(tasks)]  # at consolidation
     widest = max(active.stop - active.start for active in actives)
@@ -185,6 +188,8 @@ def learn_sequence(run: Run, state: LoopState, stop: StopRequest) -> LoopState:
     """The core loop: for each task left, train, consolidate, evaluate every task, checkpoint.
     When a stop is requested it returns early, its progress checkpointed."""
     tasks = run.sequence.tasks
+    if run.pretrained is not None and not run.reporter.record.acc_pretrained:
+        consolidate_pretrained(run, state)
     for t in range(state.tasks_done, len(tasks)):
         trained = train_task(run, state, t, stop)
         if trained is None:  # stopped mid-task: its progress is in the checkpoint
@@ -276,6 +281,31 @@ def consolidate_task(run: Run, state: LoopState, t: int) -> None:
         )  # fmt: skip
 
 
+def consolidate_pretrained(run: Run, state: LoopState) -> None:
+    """T0 (task_sequence.pretrained_on) before any training: its accuracy at the starting
+    weights, then the strategy consolidates it there, on that data set's training images
+    over its own output units (EWC "anchored at the pretrained model")."""
+    assert run.pretrained is not None
+    run.reporter.pretrained_evaluated(evaluate_pretrained(run))
+    units = run.pretrained_units
+    data = TaskData(run.pretrained.train_set, units, run.device, state.fisher_rng)
+    with run.reporter.timing("fisher"):
+        run.strategy.end_task(run.model, run.params, data)
+    log.info(
+        "T0 (%s): accuracy %.4f at the starting weights, consolidated",
+        run.pretrained.name, run.reporter.record.acc_pretrained[0],
+    )  # fmt: skip
+
+
+def evaluate_pretrained(run: Run) -> float:
+    """T0's test accuracy through its own output units."""
+    assert run.pretrained is not None
+    images, labels = run.pretrained.test_set()
+    return accuracy_over(
+        run.model, images, labels, run.pretrained_units, run.device, run.train.eval_batch_size
+    )
+
+
 def evaluate_continually(run: Run, t: int, task_start: int, step: int) -> None:
     """Continual evaluation at global `step` while task `t` trains: every task seen so far on
     its first `train.eval_subset` test images (its time counts as training's)."""
@@ -292,6 +322,8 @@ def evaluate_continually(run: Run, t: int, task_start: int, step: int) -> None:
 def evaluate_tasks(run: Run, t: int) -> None:
     """Row t of the accuracy matrix: every task, learned or not yet, after learning task `t`."""
     with run.reporter.timing("eval"):
+        if run.pretrained is not None:
+            run.reporter.pretrained_evaluated(evaluate_pretrained(run))
         row = [
             accuracy(
                 run.model, other, run.sequence.scenario, seen=t, device=run.device,

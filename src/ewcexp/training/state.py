@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from ewcexp.data.replay import ReplayMemory, ReplaySettings
+from ewcexp.data.scenarios import Task
 from ewcexp.data.sequences import TaskSequence
 from ewcexp.importance.fisher import Fisher
 from ewcexp.reporting.reporter import Reporter
@@ -38,10 +39,18 @@ class Run:
     output_dir: Path
     replay: ReplaySettings
     diagnostics: Fisher | None = None  # fisher.diagnostics: the settings every estimator uses
+    pretrained: Task | None = None  # task_sequence.pretrained_on: T0, on the last output units
     named: list[tuple[str, Tensor]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def pretrained_units(self) -> slice:
+        """T0's output units: after the scenario's."""
+        assert self.pretrained is not None
+        first = self.sequence.scenario.output_size
+        return slice(first, first + len(self.pretrained.class_ids))
 
     @property
     def params(self) -> list[Tensor]:
