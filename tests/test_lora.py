@@ -12,8 +12,9 @@ from torch import nn
 
 from ewcexp.config.checks import ConfigError
 from ewcexp.importance.fisher import estimate_fisher
-from ewcexp.model.lora import LoRAConv2d, LoRALinear, LoRASettings, add_adapters, output_layer
+from ewcexp.model.lora import LoRAConv2d, LoRALinear, LoRASettings, add_adapters
 from ewcexp.model.networks import CNN, MLP
+from ewcexp.model.weights import output_layer
 from tests.conftest import TINY, run_cli
 from tests.test_fisher import brute_force_fisher
 

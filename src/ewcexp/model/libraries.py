@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ewcexp.config.checks import ConfigError
 from ewcexp.config.schema import PositiveInt
 from ewcexp.model.networks import as_float
-from ewcexp.model.weights import FORMAT, first_misfit, load_weights
+from ewcexp.model.weights import FORMAT, first_misfit, load_weights, output_layer_name, read_weights
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -145,35 +145,18 @@ def _adapted(
     channels = first.in_channels if first is not None else 3
     model = Adapted(net, channels, image_size, mean, std)
     if weights is not None and _is_file(weights):
-        contents = _read(weights)
+        contents, state = read_weights(weights)
         if contents.get("format") == FORMAT:  # an earlier ewcexp run's model.pt: the whole model
             load_weights(model, weights, arch)
         else:
-            _transfer(contents.get("state_dict", contents), net, f"model.weights={weights}", arch)
+            _transfer(state, net, f"model.weights={weights}", arch)
     return model
-
-
-def _read(weights: str) -> dict[str, object]:
-    file = Path(weights).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"model.weights={weights} is not allowed: there is no such file")
-    try:
-        contents = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - not a torch file: one line
-        why = " ".join(str(error).split())[:200]
-        raise ConfigError(
-            f"model.weights={weights} is not allowed: not a file of weights ({why})"
-        ) from None
-    if not isinstance(contents, dict):
-        raise ConfigError(f"model.weights={weights} is not allowed: it holds no state dict")
-    return contents
 
 
 def _transfer(state: dict[str, Tensor], net: nn.Module, where: str, arch: str) -> None:
     """Every tensor of `state` into `net`, but the output layer (the last `nn.Linear`, which
     the runner sized): any other tensor missing or of another shape is one line."""
-    head = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1:]
-    new = tuple(h + "." for h in head)
+    new = tuple(f"{name}." for name in [output_layer_name(net)] if name)
     own = net.state_dict()
     if (misfit := first_misfit(state, own, new)) is not None:
         raise ConfigError(f"{where} does not fit {arch}: {misfit}")

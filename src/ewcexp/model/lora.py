@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ewcexp.config.checks import ConfigError, show
 from ewcexp.config.schema import PositiveFloat, PositiveInt
+from ewcexp.model.weights import output_layer_name
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,9 @@ def add_adapters(model: nn.Module, settings: LoRASettings) -> list[str]:
     layers = [
         (name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)
     ]
-    output = [name for name, m in layers if isinstance(m, nn.Linear)][-1:]
     if settings.targets is None:
-        chosen = [(name, m) for name, m in layers if name not in output]
+        output = output_layer_name(model)
+        chosen = [(name, m) for name, m in layers if name != output]
     else:
         chosen = []
         for pattern in settings.targets:
@@ -93,13 +94,3 @@ def add_adapters(model: nn.Module, settings: LoRASettings) -> list[str]:
         setattr(parent, child, wrap(layer, settings.rank, scale))
         names += [f"{name}.down.weight", f"{name}.up.weight"]
     return names
-
-
-def output_layer(model: nn.Module) -> list[str]:
-    """The parameter names of the output layer (the last `nn.Linear` outside an adapter):
-    new for a pretrained network, so it trains beside the adapters by default."""
-    last = [
-        name for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and not name.endswith((".down", ".up"))
-    ][-1:]  # fmt: skip
-    return [n for n, _ in model.named_parameters() if any(n.startswith(f"{x}.") for x in last)]

@@ -56,8 +56,8 @@ def build_model(
     the rest (`ewcexp.model.weights`)."""
     from hydra.utils import instantiate
 
-    from ewcexp.model.lora import LoRASettings, add_adapters, output_layer
-    from ewcexp.model.weights import freeze_all_but, holds_adapters, load_weights
+    from ewcexp.model.lora import LoRASettings, add_adapters
+    from ewcexp.model.weights import freeze_all_but, holds_adapters, load_weights, output_layer
 
     if given := [key for key in RUNNER_KEYS if key in node]:
         raise ConfigError(

@@ -47,8 +47,20 @@ def load_weights(
     one missing, extra or of another shape is one line naming the file and the tensor. With
     `pretrained_units` (task_sequence.pretrained_on), the file's output layer of that many
     units becomes the last units of the model's, the new tasks' units before them fresh."""
-    file = Path(path).expanduser()
     where = f"model.weights={path}"
+    state = read_weights(path)[1]
+    if pretrained_units:
+        state = _extended_head(model, dict(state), pretrained_units)
+    if (misfit := first_misfit(state, model.state_dict())) is not None:
+        raise ConfigError(f"{where} does not fit model._target_={target}: {misfit}")
+    model.load_state_dict(state)
+
+
+def read_weights(path: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The file at `path` (`model.weights`): what it holds and its state dict (a run's
+    model.pt keeps it under "state_dict"). No such file, not a torch file, or no
+    name → tensor mapping: one line."""
+    file, where = Path(path).expanduser(), f"model.weights={path}"
     if not file.is_file():
         raise ConfigError(f"{where} is not allowed: there is no such file")
     try:
@@ -62,11 +74,23 @@ def load_weights(
             f"{where} is not allowed: it holds no state dict (name → tensor), as a run's "
             "model.pt or torch.save(model.state_dict()) does"
         )
-    if pretrained_units:
-        state = _extended_head(model, dict(state), pretrained_units)
-    if (misfit := first_misfit(state, model.state_dict())) is not None:
-        raise ConfigError(f"{where} does not fit model._target_={target}: {misfit}")
-    model.load_state_dict(state)
+    return contents, state
+
+
+def output_layer_name(model: nn.Module) -> str | None:
+    """The module name of the output layer: the last `nn.Linear` outside a LoRA adapter."""
+    names = [
+        name for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not name.endswith((".down", ".up"))
+    ]  # fmt: skip
+    return names[-1] if names else None
+
+
+def output_layer(model: nn.Module) -> list[str]:
+    """The parameter names of the output layer: new for a pretrained network, so it trains
+    beside LoRA adapters by default, and it holds task 0's units with pretrained_on."""
+    last = output_layer_name(model)
+    return [n for n, _ in model.named_parameters() if last and n.startswith(f"{last}.")]
 
 
 def _extended_head(
@@ -74,8 +98,6 @@ def _extended_head(
 ) -> dict[str, torch.Tensor]:
     """`state` with its output layer's `units` rows moved to the end of the model's (larger)
     output layer, the rows before them as the model initialised them."""
-    from ewcexp.model.lora import output_layer
-
     own = model.state_dict()
     for name in output_layer(model):
         theirs, ours = state.get(name), own[name]
@@ -89,15 +111,11 @@ def _extended_head(
 
 def holds_adapters(path: str) -> bool:
     """Whether the file at `path` is of a network with LoRA adapters (`<layer>.down.weight`)."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        return False
     try:
-        contents = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - load_weights says what is wrong with it
+        state = read_weights(path)[1]
+    except ConfigError:  # load_weights says what is wrong with it
         return False
-    state = contents.get("state_dict", contents) if isinstance(contents, dict) else {}
-    return isinstance(state, dict) and any(str(n).endswith(".down.weight") for n in state)
+    return any(str(n).endswith(".down.weight") for n in state)
 
 
 def first_misfit(
