@@ -231,7 +231,7 @@ def main() -> None:
     pieces = [
         (f"memory.add of the step's {BATCH} samples", per_step(add), "ER, 128 + 128 drawn"),
         (f"memory.draw({BATCH}) and the concatenation", per_step(draw), "ER, 128 + 128 drawn"),
-        ("A-GEM: copy, project (buffers kept), as .grad", per_step(projection), "A-GEM"),
+        ("A-GEM: zero the buffer, project .grad in place", per_step(projection), "A-GEM"),
         (
             f"LwF: the teacher's forward pass on {BATCH}",
             per_step(teacher),

@@ -93,9 +93,7 @@ class ReplayMemory:
         stream_numbers = torch.arange(
             self.seen + free + 1, self.seen + len(images) + 1, dtype=torch.float64
         )
-        self.seen += len(images)
-        for unit, count in zip(*torch.unique(units, return_counts=True), strict=True):
-            self.seen_per_unit[int(unit)] = self.seen_per_unit.get(int(unit), 0) + int(count)
+        self.seen += len(images)  # no count per class: only `class_balanced` reads them
         if rest == 0:
             return
         uniform = torch.rand(
@@ -105,11 +103,12 @@ class ReplayMemory:
         kept = (slots < self.size).nonzero().flatten()
         if len(kept) == 0:
             return
-        winner = torch.full((self.size,), -1, dtype=torch.long)
-        winner.scatter_reduce_(0, slots[kept], kept, reduce="amax")
-        replaced = (winner >= 0).nonzero().flatten()
-        source = (winner[replaced] + free).to(images.device)
-        replaced = replaced.to(images.device)
+        order = torch.argsort(slots[kept], stable=True)  # stream order within each slot
+        targets, writers = slots[kept][order], kept[order]
+        last = torch.ones_like(targets, dtype=torch.bool)
+        last[:-1] = targets[1:] != targets[:-1]  # the last writer of each slot stays
+        replaced = targets[last].to(images.device)
+        source = (writers[last] + free).to(images.device)
         self.images[replaced], self.units[replaced], self.tasks[replaced] = (
             images[source],
             units[source],

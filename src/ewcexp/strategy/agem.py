@@ -20,61 +20,48 @@ from ewcexp.importance.penalty import Tensors
 from ewcexp.strategy.base import Strategy
 
 
-def conflict_scale(gradient: Tensor, reference: Tensor) -> Tensor:
-    """How much of `reference` A-GEM takes out of `gradient`: gᵀg_ref / g_refᵀg_ref when
-    they conflict (negative dot product), else 0. A 0-d tensor: no host sync."""
-    dot = gradient @ reference
-    return torch.where(dot < 0, dot / (reference @ reference), torch.zeros_like(dot))
+def conflict_scale(dot: Tensor, reference_squared: Tensor) -> Tensor:
+    """How much of g_ref A-GEM takes out of g, from dot = gᵀg_ref and g_refᵀg_ref:
+    gᵀg_ref / g_refᵀg_ref when they conflict (negative dot product), else 0. A 0-d tensor:
+    no host sync."""
+    return torch.where(dot < 0, dot / reference_squared, torch.zeros_like(dot))
 
 
 def agem_projection(gradient: Tensor, reference: Tensor) -> Tensor:
     """A-GEM's rule on flat vectors: `gradient` with its component against `reference`
     removed when they conflict, else `gradient` unchanged."""
-    return gradient - conflict_scale(gradient, reference) * reference
+    return gradient - conflict_scale(gradient @ reference, reference @ reference) * reference
 
 
 class AGEM(Strategy):
     """Fine-tuning whose steps never raise the replay memory's loss (to first order).
 
-    The two flat gradients live in buffers kept from step to step, the parameters' .grad
-    are views into the projected one: a step allocates no parameter-sized vector (fresh
-    pages cost as much as the projection itself)."""
+    The step's gradient stays where backward put it, in each parameter's .grad, and is
+    projected there; the memory's gradient goes into a flat buffer kept from step to step
+    (fresh pages cost as much as the projection itself): no parameter-sized copy a step."""
 
     name = "agem"
     memory_use = "constraint"
 
     def __init__(self) -> None:
         super().__init__()
-        self._gradient = self._reference = torch.empty(0)
+        self._reference = torch.empty(0)
 
     def constrain_gradient(self, params: Tensors, memory_loss: Callable[[], Tensor]) -> None:
         numel = sum(p.numel() for p in params)
-        if self._gradient.numel() != numel:
-            self._gradient, self._reference = params[0].new_empty(numel), params[0].new_empty(numel)
-        gradient_views, reference_views = (
-            _views(self._gradient, params),
-            _views(self._reference, params),
-        )
-        for p, view, reference in zip(params, gradient_views, reference_views, strict=True):
-            _copy_grad(p, view)
-            p.grad = reference.zero_()  # the memory's backward pass adds into it in place
+        if self._reference.numel() != numel:
+            self._reference = params[0].new_empty(numel)
+        references = self._reference.zero_().split([p.numel() for p in params])
+        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        for p, reference in zip(params, references, strict=True):
+            p.grad = reference.view_as(p)  # the memory's backward pass adds into it in place
         memory_loss().backward()
-        for p, view in zip(params, reference_views, strict=True):
-            _copy_grad(p, view)
-        scale = conflict_scale(self._gradient, self._reference)
-        self._gradient.addcmul_(self._reference, scale.neg())
-        for p, view in zip(params, gradient_views, strict=True):
-            p.grad = view
-
-
-def _views(buffer: Tensor, params: Tensors) -> list[Tensor]:
-    """`buffer` cut into pieces shaped like `params`, sharing its memory."""
-    parts = buffer.split([p.numel() for p in params])
-    return [part.view_as(p) for part, p in zip(parts, params, strict=True)]
-
-
-def _copy_grad(param: Tensor, into: Tensor) -> None:
-    if param.grad is None:
-        into.zero_()
-    elif param.grad.data_ptr() != into.data_ptr():
-        into.copy_(param.grad)
+        for p, reference in zip(params, references, strict=True):
+            if p.grad is not None and p.grad.data_ptr() != reference.data_ptr():
+                reference.copy_(p.grad.flatten())
+        dot = torch.stack(
+            [g.flatten() @ r for g, r in zip(gradients, references, strict=True)]
+        ).sum()
+        scale = conflict_scale(dot, self._reference @ self._reference).neg()
+        for p, gradient, reference in zip(params, gradients, references, strict=True):
+            p.grad = gradient.addcmul_(reference.view_as(p), scale)
