@@ -2,6 +2,7 @@
 
     python scripts/results_table.py best-lambda DIR   # the λ with the best mean avg_acc
     python scripts/results_table.py best KEY DIR      # the value of config KEY with the best mean avg_acc
+    python scripts/results_table.py best-kept-and-learned KEY DIR  # ... by T0's and avg_acc's mean
     python scripts/results_table.py table OUT         # markdown, from fashion_mnist_results.sh's OUT
     python scripts/results_table.py relatives OUT     # the SI and MAS section alone (relatives_results.sh)
     python scripts/results_table.py kfac OUT          # the Kronecker-factored section (kfac_results.sh)
@@ -18,6 +19,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +43,24 @@ def mean_and_error(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values) / math.sqrt(len(values)):.1f}"
 
 
-def accuracy_by(folder: Path, key: str = "lambda") -> dict[float, float]:
-    """Mean final average accuracy per value of config `key` of the runs under `folder`."""
+def final_accuracy(run: dict[str, Any]) -> float:
+    return run["avg_acc"]
+
+
+def kept_and_learned(run: dict[str, Any]) -> float:
+    """What a fine-tuning run kept and what it learned, weighed alike: the mean of the
+    pretrained task's final accuracy and the new tasks' final average accuracy."""
+    return (run["acc_pretrained"][-1] + run["avg_acc"]) / 2
+
+
+def accuracy_by(
+    folder: Path, key: str = "lambda", score: Callable[[dict[str, Any]], float] = final_accuracy
+) -> dict[float, float]:
+    """Mean `score` (final average accuracy) per value of config `key` of the runs under
+    `folder`."""
     by_value: dict[float, list[float]] = defaultdict(list)
     for run in runs_under(folder):
-        by_value[float(config_value(run, key))].append(run["avg_acc"])
+        by_value[float(config_value(run, key))].append(score(run))
     return {value: statistics.fmean(values) for value, values in by_value.items()}
 
 
@@ -53,10 +68,12 @@ def best_lambda(folder: Path) -> float:
     return best_value(folder, "lambda")
 
 
-def best_value(folder: Path, key: str) -> float:
+def best_value(
+    folder: Path, key: str, score: Callable[[dict[str, Any]], float] = final_accuracy
+) -> float:
     """The value of config `key` (`lambda`, `strategy.alpha`) whose runs under `folder` have
-    the best mean final average accuracy."""
-    accuracies = accuracy_by(folder, key)
+    the best mean `score` (final average accuracy)."""
+    accuracies = accuracy_by(folder, key, score)
     if not accuracies:
         raise SystemExit(f"error: no results.json under {folder}")
     return max(accuracies, key=accuracies.__getitem__)
@@ -441,7 +458,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "command",
-        choices=("best-lambda", "best", "table", "relatives", "kfac", "comparisons", "grouped"),
+        choices=(
+            "best-lambda",
+            "best",
+            "best-kept-and-learned",
+            "table",
+            "relatives",
+            "kfac",
+            "comparisons",
+            "grouped",
+        ),
     )
     parser.add_argument("folder", help="best: the config KEY, then the folder")
     parser.add_argument("keys", nargs="*", help="grouped: config keys to group the runs by")
@@ -451,6 +477,8 @@ def main() -> None:
         print(f"{best_lambda(folder):g}")
     elif args.command == "best":
         print(f"{best_value(Path(args.keys[0]), args.folder):g}")
+    elif args.command == "best-kept-and-learned":
+        print(f"{best_value(Path(args.keys[0]), args.folder, kept_and_learned):g}")
     elif args.command == "relatives":
         print("\n".join(relatives_section(folder)))
     elif args.command == "kfac":
