@@ -7,7 +7,8 @@
 # data set (data.validation_size), by the mean of T0's final accuracy and the digits' final
 # average accuracy (what is kept and what is learned, weighed alike); then seeds 0, 1, 2 run on
 # the test sets. EWC and L2 also run every λ of the grid on the test sets (the trade-off
-# curve). LoRA: rank 4 on every layer but the output layer, alone and under EWC.
+# curve). LoRA: rank 4 on every layer but the output layer, alone and under EWC. Each Fisher
+# (T0's included) is taken on 1000 samples.
 #
 #   bash scripts/pretrained_results.sh [OUT] [PART...]   # OUT defaults to results/pretrained
 #   uv run python scripts/results_table.py pretrained OUT
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-results/pretrained}
 shift || true
 source scripts/results_common.sh  # COMMON, SEEDS, multirun
-COMMON+=(model=cnn)
+COMMON=("${COMMON[@]/fisher.num_samples=5000/fisher.num_samples=1000}" model=cnn)  # the CNN's Fisher: 1000 samples
 LAMBDAS=10,100,1000,10000,100000
 L2_LAMBDAS=0.01,0.1,1,10,100
 SI_LAMBDAS=0.1,1,10,100
