@@ -91,7 +91,7 @@ def test_torchvision_and_timm_architectures_run_end_to_end_frozen_and_in_bf16(tm
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
     short = [*(o for o in TINY if not o.startswith("model.")), "train.iterations=3", "train.batch_size=8", "fisher.num_samples=8",
-             "task_sequence.num_tasks=2"]  # fmt: skip
+             "task_sequence.num_tasks=2", "task_sequence.first_unpermuted=true"]  # fmt: skip
     runs = {
         "torchvision": ["model=torchvision", "model.arch=resnet18", "model.image_size=32",
                         f"model.weights={weights}", "model.trainable=[net.layer4.*,net.fc.*]",
@@ -115,3 +115,24 @@ def test_torchvision_and_timm_architectures_run_end_to_end_frozen_and_in_bf16(tm
         data_root=data_root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+    # T0 from a library network: an ewcexp run's model.pt has an output layer for the classes
+    # it learned (loaded into T0's units); the library's own weights file has none for them
+    learned = json.loads((tmp_path / "torchvision" / "run" / "results.json").read_text())
+    t0 = ["task_sequence.pretrained_on=mnist"]
+    (again / "t0").mkdir()
+    (again / "no").mkdir()
+    done = run_cli(
+        *short, *runs["torchvision"][:3], *t0,
+        f"model.weights={tmp_path / 'torchvision' / 'run' / 'model.pt'}", cwd=again / "t0",
+        data_root=data_root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads((again / "t0" / "run" / "results.json").read_text())
+    assert results["acc_pretrained"][0] == pytest.approx(learned["acc_matrix"][-1][0], abs=1e-6)
+    refused = run_cli(*short, *runs["torchvision"][:4], *t0, cwd=again / "no", data_root=data_root)
+    errors = [row for row in refused.stderr.splitlines() if row.startswith("error:")]
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert len(errors) == 1 and f"model.weights={weights}" in errors[0], refused.stderr
+    assert "pretrained_on" in errors[0]
+    assert not any((again / "no" / "run" / name).exists() for name in ("checkpoint.pt", "model.pt"))

@@ -149,6 +149,24 @@ def test_pretrained_on_makes_the_starting_weights_task_0_consolidated_and_evalua
     # back there (the synthetic digits are too easy for T0's accuracy itself to drop)
     assert kept["l2"] < 0.1 * kept["finetune"]
 
+    # with a replay memory, T0's training images join it first, with T0's own units; SI,
+    # whose importance comes from its training path, says in one line that T0 gets none
+    folder = tmp_path / "si_replay"
+    folder.mkdir()
+    done = run_cli(
+        *TINY, "task_sequence.pretrained_on=mnist", f"model.weights={first / 'run' / 'model.pt'}",
+        "strategy=si", "replay.size=300", "replay.policy=class_balanced", "train.iterations=20",
+        cwd=folder, data_root=data_root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warned = [row for row in (done.stderr + done.stdout).splitlines() if "gives T0" in row]
+    assert len(warned) == 1 and "strategy=si" in warned[0], done.stderr
+    memory = torch.load(folder / "run" / "checkpoint.pt", weights_only=True)["memory"]
+    from_t0 = memory["tasks"] == 3  # stored as task len(tasks)
+    assert 0 < int(from_t0.sum()) < 300  # T0's samples and the new tasks' share the slots
+    assert bool((memory["units"][from_t0] >= 10).all())  # T0's units, after the scenario's 10
+    assert bool((memory["units"][~from_t0] < 10).all())
+
 
 @pytest.mark.slow
 def test_pretrained_on_data_that_is_not_there_is_one_line_and_nothing_is_written(

@@ -12,6 +12,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -55,6 +56,7 @@ def build_model(
     `pretrained_units` units, for task_sequence.pretrained_on) and `model.trainable` freezes
     the rest (`ewcexp.model.weights`)."""
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
     from ewcexp.model.lora import LoRASettings, add_adapters
     from ewcexp.model.weights import freeze_all_but, holds_adapters, load_weights, output_layer
@@ -67,6 +69,9 @@ def build_model(
     theirs = declared_keys(node._target_)[1]
     ours = {key: node[key] for key in MODEL_KEYS if key in node and key not in theirs}
     node = without_keys(node, ours)
+    if pretrained_units and "weights" in theirs and node.get("weights") is not None:
+        ours["weights"] = _run_weights_for_pretrained(node.weights)  # loaded here, head and all
+        node = OmegaConf.merge(node, {"weights": None})
     # called here, not by Hydra, so that a ConfigError the model raises is not wrapped
     build = instantiate(node, _partial_=True)
     parameters = inspect.signature(build.func).parameters
@@ -94,6 +99,21 @@ def build_model(
     if trainable:
         freeze_all_but(model, list(trainable))
     return model
+
+
+def _run_weights_for_pretrained(weights: str) -> str:
+    """A library network's `model.weights` under task_sequence.pretrained_on: only an ewcexp
+    run's model.pt holds an output layer for the classes of that data set (the library's
+    own weights have theirs for ImageNet's); one line otherwise."""
+    from ewcexp.model.weights import FORMAT, read_weights
+
+    if Path(weights).expanduser().is_file() and read_weights(weights)[0].get("format") == FORMAT:
+        return weights
+    raise ConfigError(
+        f"model.weights={weights} is not allowed with task_sequence.pretrained_on: their "
+        "output layer is not for that data set's classes; give the model.pt of an ewcexp run "
+        "that learned it (any run writes <run dir>/model.pt)"
+    )
 
 
 def _plain_keys(section: DictConfig) -> dict[str, object]:

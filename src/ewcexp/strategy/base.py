@@ -39,6 +39,9 @@ class Strategy:
     # minibatch (experience replay); "constraint", `constrain_gradient` gets the memory's
     # loss; "none", the method refuses a memory
     memory_use: ClassVar[Literal["batch", "constraint", "none"]] = "batch"
+    # whether its importances come from the training steps themselves (SI, EWC++): then a task
+    # it never trained (task_sequence.pretrained_on's task 0) gets none
+    importance_from_training: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.penalty: QuadraticPenalty | None = None

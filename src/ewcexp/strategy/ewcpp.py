@@ -29,6 +29,7 @@ class EWCPlusPlus(PenaltyStrategy):
 
     name = "ewcpp"
     importance_kind = "fisher"
+    importance_from_training = True
 
     def __init__(
         self, strength: NonNegativeFloat, alpha: Fraction = 0.1, update_every: PositiveInt = 10

@@ -32,6 +32,7 @@ class SI(PenaltyStrategy):
 
     name = "si"
     importance_kind = "si"  # the path integral: no estimator
+    importance_from_training = True
 
     def __init__(self, strength: NonNegativeFloat, xi: PositiveFloat = 0.1) -> None:
         super().__init__(strength)

@@ -156,24 +156,41 @@ def active_cross_entropy(
 
 @dataclass
 class Replay:
-    """Experience replay (Chaudhry et al. 2019): each step of the second task on trains on its
+    """Experience replay (Chaudhry et al. 2019): each step of the second task on (of the first,
+    when the memory holds task 0's samples: `task_sequence.pretrained_on`) trains on its
     minibatch and `batch_size` samples drawn from `memory`, concatenated (one mean loss); each
     step's minibatch is then offered to the memory. `bounds[k]`: the output units active for
-    a sample of task k now ([lo, hi), as the scenario gives them to the current task)."""
+    a sample of task k now ([lo, hi), as the scenario gives them to the current task); task 0's
+    samples are stored as task `len(tasks)`, the last row, its own units."""
 
     memory: ReplayMemory
     batch_size: int
     bounds: Tensor
+    first_task: int = 1  # the first task whose steps draw from the memory
 
     @classmethod
     def of(
-        cls, memory: ReplayMemory | None, batch_size: int, scenario: Scenario, tasks: int, task: int
+        cls,
+        memory: ReplayMemory | None,
+        batch_size: int,
+        scenario: Scenario,
+        tasks: int,
+        task: int,
+        pretrained: slice | None = None,
     ) -> Replay | None:
-        """Task `task`'s replay (of `tasks`): None without a memory."""
+        """Task `task`'s replay (of `tasks`): None without a memory. `pretrained`: task 0's
+        units, when its samples were offered to the memory before the first task."""
         if memory is None:
             return None
         active = [scenario.active(k, seen=task) for k in range(tasks)]
-        return cls(memory, batch_size, torch.tensor([[a.start, a.stop] for a in active]))
+        active += [pretrained] if pretrained is not None else []
+        bounds = torch.tensor([[a.start, a.stop] for a in active])
+        return cls(memory, batch_size, bounds, first_task=0 if pretrained is not None else 1)
+
+    def held(self, task: int) -> Tensor:
+        """The bounds of the tasks whose samples the memory may hold while `task` trains."""
+        past = self.bounds[: task + 1]
+        return torch.cat([past, self.bounds[-1:]]) if self.first_task == 0 else past
 
     def added_to(
         self, images: Tensor, units: Tensor, lo: Tensor | int, hi: Tensor | int
@@ -225,13 +242,13 @@ class TrainingLoop:
         Every step's loss is checked (a step late, so a GPU never waits for it), the penalty at
         each report: `Diverged` when one is not finite."""
         images, targets, lo, hi = data
-        replaying = self.replay is not None and task > 0
+        replaying = self.replay is not None and task >= self.replay.first_task
         use = self.strategy.memory_use
         mixing = replaying and use == "batch"  # memory samples join each minibatch
         # the same units for every sample: all but task-incremental joint training or replay
         shared = bool((lo == lo[0]).all() and (hi == hi[0]).all())
         if shared and mixing:
-            seen = self.replay.bounds[: task + 1]
+            seen = self.replay.held(task)
             shared = bool((seen[:, 0] == lo[0].cpu()).all() and (seen[:, 1] == hi[0].cpu()).all())
         if shared:
             lo, hi = int(lo[0]), int(hi[0])

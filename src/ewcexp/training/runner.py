@@ -227,6 +227,7 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
             probe_every=run.train.eval_every or 0, replay=Replay.of(
                 state.memory, run.replay.batch_size or run.train.batch_size,
                 run.sequence.scenario, len(tasks), t,
+                run.pretrained_units if run.pretrained is not None else None,
             ), precision=MixedPrecision(run.train.precision, run.device.type),
         )  # fmt: skip
         description = f"task {t + 1}/{len(tasks)} [{run.strategy.name}]"
@@ -289,11 +290,24 @@ def consolidate_pretrained(run: Run, state: LoopState) -> None:
     run.reporter.pretrained_evaluated(evaluate_pretrained(run))
     units = run.pretrained_units
     data = TaskData(run.pretrained.train_set, units, run.device, state.fisher_rng)
+    if run.strategy.importance_from_training:
+        log.warning(
+            "strategy=%s gives T0 (task_sequence.pretrained_on=%s) no importance: it weighs "
+            "parameters along its own training path, and the starting weights come without "
+            "one; only the new tasks are protected", run.strategy.name, run.pretrained.name,
+        )  # fmt: skip
     with run.reporter.timing("fisher"):
         run.strategy.end_task(run.model, run.params, data)
+    if state.memory is not None:  # T0's samples join the stream first, as task len(tasks)
+        images, labels = run.pretrained.train_set()
+        order = torch.randperm(len(labels), generator=state.memory.generator, device="cpu")
+        for chunk in order.split(run.train.eval_batch_size):
+            offered = images[chunk].to(run.device), (labels[chunk] + units.start).to(run.device)
+            state.memory.add(*offered, len(run.sequence.tasks))
     log.info(
-        "T0 (%s): accuracy %.4f at the starting weights, consolidated",
+        "T0 (%s): accuracy %.4f at the starting weights, consolidated%s",
         run.pretrained.name, run.reporter.record.acc_pretrained[0],
+        f", {len(state.memory)} samples in the replay memory" if state.memory else "",
     )  # fmt: skip
 
 
