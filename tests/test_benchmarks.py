@@ -17,6 +17,11 @@ from tests.conftest import REPO
         ("penalty.py", ["--tasks", "2", "--steps", "2", "--repeats", "1"], 6),
         ("mas.py", ["--samples", "256", "--loop-samples", "16", "--repeats", "1"], 8),
         ("epoch.py", ["--samples", "512", "--repeats", "1"], 3),
+        (
+            "landscape.py",
+            ["--grid", "3", "--images", "16", "--plain-points", "2", "--chunks", "4"],
+            2,
+        ),
         ("pretrained.py", ["--images", "2", "--repeats", "1", "--arch", "timm:test_vit"], 3),
         (
             "replay.py",

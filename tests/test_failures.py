@@ -67,7 +67,7 @@ def assert_diverged(done: subprocess.CompletedProcess, run_dir: Path, penalty: b
         assert all(t.isfinite().all() for t in saved["model"].values())
     else:
         assert not (run_dir / "checkpoint.pt").exists()
-    ended = ("status", "diverged", "avg_acc", "bwt", "forgetting", "wall_time_s")
+    ended = ("status", "diverged", "avg_acc", "bwt", "forgetting", "fwt", "wall_time_s")
     assert events(run_dir)[-1] == {"event": "end", **{key: results[key] for key in ended}}
     return results
 

@@ -93,7 +93,40 @@ def _spectra(layers: int) -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
+def _landscape(runs: int) -> dict:
+    """Two tilted quadratic bowls over a 21×21 grid and `runs` curved paths fanning out from
+    the origin, as `python -m ewcexp.landscape` writes them."""
+    xs, ys = np.linspace(-3, 15, 21), np.linspace(-3, 12, 21)
+    x, y = np.meshgrid(xs, ys)
+    loss_a = 0.4 + 0.01 * (x - y) ** 2 + 0.05 * (x + y) ** 2 / 10
+    loss_b = 0.4 + 0.02 * (x - 12) ** 2 + 0.01 * (y - 6) ** 2
+    names = ["finetune", "l2 λ=0.1", "ewc λ=1000", "ewc kfac λ=10"]
+    entries = []
+    for k in range(runs):
+        angle = np.pi / 2 * k / max(runs - 1, 1)
+        t = np.linspace(0, 1, 11)
+        entries.append(
+            {
+                "label": names[k % 4] + "'" * (k // 4),
+                "path": {"x": list(12 * t * np.cos(angle) + t * (1 - t)), "y": list(10 * t * np.sin(angle))},
+                "path_length": 12.0 + k, "path_length_fisher": 0.1 * k, "end_distance_to_plane": 2.0 * k,
+                "line": {"s": list(t), "loss_a": list(0.4 + t**2 * k), "loss_b": list(4 - 3.6 * t**0.5)},
+            }
+        )  # fmt: skip
+    return {
+        "tasks": {"a": "permutation 0", "b": "permutation 1"},
+        "parameters": 478410,
+        "plane": {"e1_towards": "finetune", "e2_towards": "ewc kfac λ=10"},
+        "grid": {
+            "x": list(xs), "y": list(ys), "loss_a": loss_a.tolist(), "loss_b": loss_b.tolist(),
+            "low": {"factor": 1.5, "loss_a": 0.6, "loss_b": 0.6},
+        },
+        "runs": entries,
+    }  # fmt: skip
+
+
 FIGURES: dict[str, Callable[[Path], Path]] = {
+    "landscape": lambda d: plots.landscape(_landscape(4), d / "l.png"),
     "accuracy_matrix": lambda d: plots.accuracy_heatmap(_matrix(5), TITLE, d / "m.png"),
     "accuracy_matrix_20": lambda d: plots.accuracy_heatmap(_matrix(20), TITLE, d / "m.png"),
     "accuracy_curves": lambda d: plots.accuracy_curves(_matrix(5), TITLE, d / "c.png"),

@@ -70,6 +70,7 @@ def test_offline_runs_of_a_multirun_hold_what_results_json_holds(tmp_path, data_
 
     final = summary(records)
     assert final["avg_acc"] == pytest.approx(results["avg_acc"])
+    assert final["fwt"] == pytest.approx(results["fwt"])  # beside BWT, wherever BWT is
     assert final["data_source"] == results["data_source"]
     assert final["figures/accuracy_matrix._type"] == "image-file"
     assert final["acc_matrix._type"] == "table-file"

@@ -22,6 +22,7 @@ from matplotlib.transforms import blended_transform_factory
 from torch import Tensor
 
 MAX_NAMED = 12  # lines named in a legend; more would not fit (W&B has each one by name)
+LEVEL = 1.5  # the landscape's contour lines: each a loss this factor above the one inside it
 EPS_EXPONENT = -12  # histograms are of log10(|importance| + 1e-12): exact zeros land at -12
 
 
@@ -254,6 +255,76 @@ def eigenvalue_spectra(spectra: dict[str, dict[str, Tensor]], title: str, path: 
     return _save(figure, path)
 
 
+def landscape(result: dict[str, Any], path: Path) -> Path:
+    """`python -m ewcexp.landscape`'s figure. Left: the plane through θ*_A and two end points,
+    task A's and task B's loss as contour lines (blue, orange), the region where each is low
+    shaded, each run's path through task B from θ*_A, its end point labelled. Right: both
+    tasks' loss along the straight line from θ*_A to each end point."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    grid, tasks = result["grid"], result["tasks"]
+    xs, ys = np.array(grid["x"]), np.array(grid["y"])
+    figure = Figure(figsize=(13.0, 7.4), layout="constrained")  # room for legends below
+    plane, lines = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
+    handles: list[Any] = []
+    for key, colour, task in (("loss_a", "tab:blue", "A"), ("loss_b", "tab:orange", "B")):
+        loss = np.array(grid[key])
+        low = grid["low"][key]
+        plane.contourf(xs, ys, loss, levels=[loss.min(), low], colors=[colour], alpha=0.22)
+        levels = low * LEVEL ** np.arange(8)
+        plane.contour(xs, ys, loss, levels=levels, colors=[colour], linewidths=0.8)
+        name = tasks[key[-1]]
+        shaded = (
+            f"task {task} ({name}) low: loss ≤ {low:.2f}, {grid['low']['factor']:g}× its lowest"
+        )
+        handles.append(Patch(color=colour, alpha=0.3, label=shaded))
+        contours = f"task {task} loss contours, each {LEVEL:g}× the one inside it"
+        handles.append(Line2D([], [], color=colour, linewidth=0.8, label=contours))
+    colours = [f"C{k + 2}" for k in range(len(result["runs"]))]
+    for run, colour in zip(result["runs"], colours, strict=True):
+        track = run["path"]
+        label = (
+            f"{run['label']}: path {run['path_length']:.1f}, Fisher-weighted "
+            f"{run['path_length_fisher']:.2f}; end {run['end_distance_to_plane']:.1f} off the plane"
+        )
+        (drawn,) = plane.plot(track["x"], track["y"], marker=".", markersize=3, linewidth=1.2,
+                              color=colour, label=label)  # fmt: skip
+        handles.append(drawn)
+        plane.plot(track["x"][-1], track["y"][-1], marker="o", color=colour, markersize=6)
+        plane.annotate(run["label"], (track["x"][-1], track["y"][-1]), xytext=(5, 5),
+                       textcoords="offset points", fontsize=8, color=colour)  # fmt: skip
+    (start,) = plane.plot(0, 0, marker="*", color="black", markersize=12, linestyle="none",
+                          label="θ*_A: the end of task A, where every path starts")  # fmt: skip
+    handles.append(start)
+    plane.set_aspect("equal", adjustable="box")
+    plane.set_xlim(xs[0], xs[-1])
+    plane.set_ylim(ys[0], ys[-1])
+    axes_of = result["plane"]
+    plane.set_xlabel(f"distance along ê₁ (towards {axes_of['e1_towards']}'s end)")
+    plane.set_ylabel(f"distance along ê₂ (towards {axes_of['e2_towards']}'s end)")
+    plane.set_title("the plane through θ*_A and two end points after task B", fontsize=9)
+    for run, colour in zip(result["runs"], colours, strict=True):
+        line = run["line"]
+        lines.plot(line["s"], line["loss_a"], color=colour, label=f"{run['label']}: task A")
+        lines.plot(line["s"], line["loss_b"], color=colour, linestyle="--",
+                   label=f"{run['label']}: task B")  # fmt: skip
+    lines.set_xlabel("position on the straight line (0: θ*_A, 1: the run's end point)")
+    lines.set_ylabel("test loss (cross-entropy)")
+    lines.set_title("both tasks' loss from θ*_A straight to each end point", fontsize=9)
+    lines.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7,
+                 frameon=False).set_in_layout(True)  # fmt: skip
+    legend = plane.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                          fontsize=7, frameon=False)  # fmt: skip
+    legend.set_in_layout(True)
+    figure.suptitle(
+        f"Task A ({tasks['a']}) then task B ({tasks['b']}): where each strategy's training on "
+        f"B went, seen on a 2-D slice of {result['parameters']:,} parameters",
+        fontsize=10,
+    )
+    return _save(figure, path)
+
+
 def _legend_outside(axes: Any, **options: Any) -> Legend:
     """The axes' legend to their right, outside them: it never hides data."""
     legend = axes.legend(
@@ -271,8 +342,10 @@ def _subplots(*grid: int, **options: Any) -> tuple[Figure, Any]:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    """tight_layout makes room for the labels and outside legends; bbox_inches="tight" keeps
-    anything that still sticks out (a very long name) in the file."""
-    figure.tight_layout()
+    """tight_layout makes room for the labels and outside legends (unless the figure has a
+    layout engine of its own); bbox_inches="tight" keeps anything that still sticks out (a
+    very long name) in the file."""
+    if figure.get_layout_engine() is None:
+        figure.tight_layout()
     figure.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)
     return path

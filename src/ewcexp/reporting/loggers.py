@@ -135,7 +135,7 @@ class WandbLogger(Logger):
             return
         self.run_id = self.run.id
         self.run.define_metric("task")
-        for pattern in ("acc/*", "bwt", "forgetting"):
+        for pattern in ("acc/*", "bwt", "forgetting", "fwt"):
             self.run.define_metric(pattern, step_metric="task")
         self.run.define_metric("train/*", step_metric="train/step")
         self.run.define_metric("continual/*", step_metric="continual/step")
@@ -235,6 +235,7 @@ class WandbLogger(Logger):
             "avg_acc",
             "bwt",
             "forgetting",
+            "fwt",
             "wall_time_s",
             "data_source",
             "strategy",

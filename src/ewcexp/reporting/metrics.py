@@ -1,6 +1,9 @@
-"""Continual-learning metrics from the accuracy matrix R[i][j]: accuracy on task j after task i."""
+"""Continual-learning metrics from the accuracy matrix R[i][j]: accuracy on task j after task i,
+and b_j, task j's accuracy at the weights training starts from (for forward transfer)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -28,9 +31,19 @@ def forgetting(acc: Tensor, after: int) -> float | None:
     return float(sum(drops) / after)
 
 
-def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
+def forward_transfer(acc: Tensor, after: int, initial: Sequence[float]) -> float | None:
+    """FWT (Lopez-Paz & Ranzato 2017): mean over tasks j = 1..`after` of R[j−1][j] − b_j, what
+    learning the tasks before j did for j before j itself was trained, against b_j = `initial`[j],
+    j's accuracy at the starting weights. None before a second task, or without `initial`
+    (a run resumed from a checkpoint written before the runner evaluated the start)."""
+    if after == 0 or not initial:
+        return None
+    return float(sum(acc[j - 1, j] - initial[j] for j in range(1, after + 1)) / after)
+
+
+def task_metrics(acc: Tensor, after: int, initial: Sequence[float] = ()) -> dict[str, float | None]:
     """The metrics logged after task `after` (0-based): the row R[after][·] as acc/task_1..T,
-    and the averages, BWT and forgetting so far."""
+    and the averages, BWT, forgetting and FWT (against `initial`, b_j) so far."""
     row = {f"acc/task_{j + 1}": float(a) for j, a in enumerate(acc[after])}
     return {
         **row,
@@ -38,4 +51,5 @@ def task_metrics(acc: Tensor, after: int) -> dict[str, float | None]:
         "acc/avg_all": float(acc[after].mean()),
         "bwt": backward_transfer(acc, after),
         "forgetting": forgetting(acc, after),
+        "fwt": forward_transfer(acc, after, initial),
     }

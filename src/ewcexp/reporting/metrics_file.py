@@ -54,7 +54,7 @@ class MetricsFile(Logger):
         self.write("task", {"task": task + 1, **metrics})
 
     def log_summary(self, results: dict[str, Any], images: dict[str, Path]) -> None:
-        keys = ("status", "diverged", "avg_acc", "bwt", "forgetting", "wall_time_s")
+        keys = ("status", "diverged", "avg_acc", "bwt", "forgetting", "fwt", "wall_time_s")
         self.write("end", {key: results[key] for key in keys if key in results})
 
     def finish(self, failed: bool = False, preempted: bool = False) -> None:

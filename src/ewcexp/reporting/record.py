@@ -34,6 +34,7 @@ class Record:
     task_fishers: list[Tensor] = field(default_factory=list)  # each task's exact, flattened
     overlaps: list[list[float]] = field(default_factory=list)  # task t's with tasks 1..t
     acc_pretrained: list[float] = field(default_factory=list)  # T0: at the start, after each
+    acc_init: list[float] = field(default_factory=list)  # b_j: each task at the starting weights
     earlier_wall_s: float = 0.0  # earlier processes of a resumed run, to their last checkpoint
     started: float = field(default_factory=time.perf_counter)  # this process
 
@@ -54,6 +55,7 @@ class Record:
             "task_fishers": self.task_fishers,
             "overlaps": self.overlaps,
             "acc_pretrained": self.acc_pretrained,
+            "acc_init": self.acc_init,
             "wall_s": self.wall_s(),
         }
 
@@ -68,8 +70,9 @@ class Record:
         self.importance_stats, self.histograms = state["importance_stats"], state["histograms"]
         self.spectra, self.continual = state["spectra"], state["continual"]
         self.diagnostics, self.task_fishers = state["diagnostics"], state["task_fishers"]
+        self.acc_init = list(state.get("acc_init", []))  # none before the runner kept it
         self.per_task = state.get("per_task") or [
-            task_metrics(self.acc, t) for t in range(tasks_done)
+            task_metrics(self.acc, t, self.acc_init) for t in range(tasks_done)
         ]
         self.overlaps = state.get("overlaps") or [
             overlap_row(self.task_fishers[: t + 1]) for t in range(len(self.task_fishers))

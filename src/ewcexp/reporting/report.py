@@ -5,7 +5,7 @@ First every job folder (one with Hydra's `.hydra/`) and how it ended: completed,
 results and no error: still running, killed, or waiting for a requeue). Then, from the
 completed jobs only, a table: per (strategy, λ, Fisher estimator), the runs (seeds), the
 mean final average accuracy with its standard error and 95% t-interval (a single seed says
-so, rather than ±0), mean BWT and forgetting. Below it, for the best λ of each two
+so, rather than ±0), mean BWT, forgetting and FWT. Below it, for the best λ of each two
 strategies, the paired difference over the seeds both ran, with its interval. Writes the
 table as `lambda_sweep.csv` and plots final average accuracy against λ with the intervals
 as error bars (`lambda_sweep.png`). With `--wandb`, logs both tables and the plot to one

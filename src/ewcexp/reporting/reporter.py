@@ -147,11 +147,16 @@ class Reporter:
         """The pretrained task's (T0's) accuracy: at the start, then before each row."""
         self.record.acc_pretrained.append(accuracy)
 
+    def evaluated_at_start(self, row: list[float]) -> None:
+        """Every task at the weights training starts from, before any is learned: the b_j
+        that forward transfer is measured against."""
+        self.record.acc_init = list(row)
+
     def evaluated(self, task: int, row: list[float]) -> None:
         """Row `task` of the accuracy matrix: every task after learning task `task` (and
         T0's accuracy then, as `acc/pretrained`, with task_sequence.pretrained_on)."""
         self.record.acc[task] = torch.tensor(row, dtype=self.record.acc.dtype)
-        metrics = task_metrics(self.record.acc, task)
+        metrics = task_metrics(self.record.acc, task, self.record.acc_init)
         if len(self.record.acc_pretrained) > task + 1:
             metrics["acc/pretrained"] = self.record.acc_pretrained[task + 1]
         self.record.per_task.append(metrics)

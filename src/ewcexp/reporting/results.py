@@ -46,6 +46,8 @@ def summarize(
         "avg_acc_seen": [metrics["acc/avg_seen"] for metrics in per_task],
         "bwt": last.get("bwt"),
         "forgetting": last.get("forgetting"),
+        "fwt": last.get("fwt"),
+        "acc_init": record.acc_init or None,  # b_j; None: resumed from an older checkpoint
         "per_task": per_task,
         **(
             {
@@ -158,7 +160,7 @@ def format_report(results: dict[str, Any]) -> str:
 
     lines.append(
         f"average accuracy {100 * results['avg_acc']:.2f} %   BWT {percent(results['bwt'])}"
-        f"   forgetting {percent(results['forgetting'])}   "
+        f"   forgetting {percent(results['forgetting'])}   FWT {percent(results.get('fwt'))}   "
         f"wall time {results['wall_time_s']:.1f} s"
     )
     return "\n".join(lines)

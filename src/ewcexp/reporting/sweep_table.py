@@ -15,7 +15,7 @@ from typing import Any
 WITHOUT_LAMBDA = ("finetune", "joint")  # drawn as horizontal references
 COLUMNS = (
     "strategy", "lambda", "fisher", "setting", "runs", "avg_acc", "se", "ci95_low", "ci95_high",
-    "bwt", "forgetting",
+    "bwt", "forgetting", "fwt",
 )  # fmt: skip
 PAIRED_COLUMNS = (
     "first",
@@ -102,15 +102,15 @@ def settings(runs: list[dict[str, Any]]) -> list[str]:
 def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One row per (strategy, λ, Fisher estimator, setting) of these runs' results: the runs
     (seeds) found (a strategy without λ: the first of each seed, repeated by a λ sweep), the
-    mean final average accuracy with its standard error and 95% interval, mean BWT and
-    forgetting; and for the best λ of each strategy, the paired differences between
+    mean final average accuracy with its standard error and 95% interval, mean BWT,
+    forgetting and FWT; and for the best λ of each strategy, the paired differences between
     strategies of the same setting over the seeds both ran."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for results, setting in zip(runs, settings(runs), strict=True):
         groups[(*group_key(results), setting)].append(results)
 
     def mean(runs: list[dict[str, Any]], key: str) -> float | None:
-        values = [run[key] for run in runs if run[key] is not None]
+        values = [run[key] for run in runs if run.get(key) is not None]  # older: no FWT
         return statistics.fmean(values) if values else None
 
     rows = []
@@ -126,6 +126,7 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
                 "runs": len(grouped), "avg_acc": accuracy["mean"], "se": accuracy["se"],
                 "ci95_low": accuracy["ci95_low"], "ci95_high": accuracy["ci95_high"],
                 "bwt": mean(grouped, "bwt"), "forgetting": mean(grouped, "forgetting"),
+                "fwt": mean(grouped, "fwt"),
                 "by_seed": {run["seed"]: run["avg_acc"] for run in grouped},
             }
         )  # fmt: skip

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ewcexp.config.schema import PositiveInt
+from ewcexp.config.schema import NonNegativeInt, PositiveInt
 from ewcexp.data.replay import ReplayMemory
 from ewcexp.data.scenarios import Scenario, Task
 from ewcexp.reporting.reporter import Reporter
@@ -52,8 +52,10 @@ def _to_host(loss: Tensor) -> tuple[Tensor, torch.cuda.Event | None]:
 @dataclass(frozen=True)
 class TrainSettings:
     """The `train` section: how long each task trains, in minibatches, how often to report,
-    and whether to evaluate during training (continual evaluation: every `eval_every` steps,
-    every task seen so far on its first `eval_subset` test images; None: off)."""
+    whether to evaluate during training (continual evaluation: every `eval_every` steps,
+    every task seen so far on its first `eval_subset` test images; None: off), and whether to
+    keep the parameters every `snapshot_every` steps and at each task's end (0 or None: off;
+    `ewcexp.training.snapshots`)."""
 
     epochs: PositiveInt = 1
     iterations: PositiveInt | None = 500  # steps per task; None: `epochs` passes instead
@@ -65,6 +67,7 @@ class TrainSettings:
     # the forward pass and the loss under autocast in bf16 or fp16 (a gradient scaler for
     # fp16, which needs a GPU); parameters, optimizer state and importances stay fp32
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    snapshot_every: NonNegativeInt | None = None
 
     def steps(self, train_size: int) -> int:
         return self.iterations or self.epochs * math.ceil(train_size / self.batch_size)
@@ -220,8 +223,8 @@ class TrainingLoop:
     reporter: Reporter
     log_every: int
     stop: StopRequest
-    probe: Callable[[int], None] | None = None  # called with the global step, every `probe_every`
-    probe_every: int = 0
+    # (n, call): `call(global step)` after every n-th step (continual evaluation, snapshots)
+    periodic: tuple[tuple[int, Callable[[int], None]], ...] = ()
     replay: Replay | None = None
     precision: MixedPrecision | None = None  # None: fp32
 
@@ -306,8 +309,9 @@ class TrainingLoop:
                 if self.replay is not None:
                     self.replay.memory.add(images[batch], targets[batch], task)
                 since += len(batch)
-                if self.probe and (first_step + step + 1) % self.probe_every == 0:
-                    self.probe(first_step + step + 1)
+                for every, call in self.periodic:
+                    if (first_step + step + 1) % every == 0:
+                        call(first_step + step + 1)
                 if step % self.log_every == 0 or step == steps - 1:
                     loss_value, pending = checked(*pending), None
                     elapsed, clock = time.perf_counter() - clock, time.perf_counter()

@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from ewcexp.config.checks import ConfigError, settings_without_effect
 from ewcexp.config.seeds import generator, stream_seed
 from ewcexp.data import DataUnavailable
 from ewcexp.data.replay import replay_memory
-from ewcexp.data.sequences import build_sequence, pretrained_task
+from ewcexp.data.scenarios import Task
+from ewcexp.data.sequences import TaskSequence, build_sequence, pretrained_task
 from ewcexp.importance.contract import TaskData, diagonal_of, spectra_of
 from ewcexp.importance.diagnostics import diagnose
 from ewcexp.model import build_model
@@ -34,7 +36,7 @@ from ewcexp.reporting.metrics import average_accuracy
 from ewcexp.reporting.record import Record
 from ewcexp.reporting.reporter import Reporter
 from ewcexp.reporting.results import format_report
-from ewcexp.training import checkpoint
+from ewcexp.training import checkpoint, snapshots
 from ewcexp.training.divergence import Diverged, first_non_finite
 from ewcexp.training.evaluation import accuracy, accuracy_over
 from ewcexp.training.loop import (
@@ -105,13 +107,8 @@ def prepare(
         )
     sequence = build_sequence(cfg.task_sequence, cfg.data)
     tasks = len(sequence.tasks)
-    name = cfg.task_sequence.get("pretrained_on")
-    pretrained = pretrained_task(name, cfg.data, sequence) if name else None
-    known = len(pretrained.class_ids) if pretrained else 0  # T0's units, after the scenario's
-    model = build_model(
-        cfg.model, sequence.input_shape, sequence.scenario.output_size + known,
-        sample=sequence.images.train_images[:2], pretrained_units=known or None,
-    ).to(device)  # fmt: skip
+    model, pretrained = network(cfg, sequence)
+    model.to(device)
     record = Record(torch.zeros(tasks, tasks), started=started)
     run = Run(
         cfg, instantiate(cfg.train), sequence, model, instantiate(cfg.strategy),
@@ -134,11 +131,26 @@ def prepare(
     )
     resumed = checkpoint.load(output_dir, config) if cfg.resume else None
     if resumed is None:
+        snapshots.discard_after(output_dir, 0)  # an earlier run's, in this directory
         return run, state, None
     state.restore(resumed, output_dir)  # continue where the run stopped, in the same state
+    snapshots.discard_after(output_dir, state.step + state.task_steps)  # written after it
     steps = f" and {state.task_steps} steps of the next" if state.task_steps else ""
     log.info("resuming after task %d/%d%s from %s", state.tasks_done, tasks, steps, output_dir)
     return run, state, resumed["logger_run_id"]
+
+
+def network(cfg: DictConfig, sequence: TaskSequence) -> tuple[nn.Module, Task | None]:
+    """The model `cfg` names, sized for `sequence`'s scenario and, with
+    task_sequence.pretrained_on, T0's units after the scenario's (with that task)."""
+    name = cfg.task_sequence.get("pretrained_on")
+    pretrained = pretrained_task(name, cfg.data, sequence) if name else None
+    known = len(pretrained.class_ids) if pretrained else 0
+    model = build_model(
+        cfg.model, sequence.input_shape, sequence.scenario.output_size + known,
+        sample=sequence.images.train_images[:2], pretrained_units=known or None,
+    )  # fmt: skip
+    return model, pretrained
 
 
 def learn_and_conclude(run: Run, state: LoopState, config: dict[str, Any]) -> dict[str, Any]:
@@ -190,11 +202,15 @@ def learn_sequence(run: Run, state: LoopState, stop: StopRequest) -> LoopState:
     tasks = run.sequence.tasks
     if run.pretrained is not None and not run.reporter.record.acc_pretrained:
         consolidate_pretrained(run, state)
+    if state.tasks_done == state.task_steps == 0 and not run.reporter.record.acc_init:
+        evaluate_at_start(run)
     for t in range(state.tasks_done, len(tasks)):
         trained = train_task(run, state, t, stop)
         if trained is None:  # stopped mid-task: its progress is in the checkpoint
             break
         loss, penalty = trained
+        if run.train.snapshot_every:  # θ*_t, before the checkpoint that makes it final
+            snapshots.save(run.output_dir, state.step, t, run.model, task_end=True)
         consolidate_task(run, state, t)
         evaluate_tasks(run, t)
         state.tasks_done = t + 1
@@ -221,10 +237,17 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
         optimizer = run.optimizer(run.params)
         if state.optimizer_state is not None:  # mid-task, or carried over (reset_per_task=false)
             optimizer.load_state_dict(state.optimizer_state)
+        periodic = []
+        if run.train.eval_every:
+            periodic.append(
+                (run.train.eval_every, partial(evaluate_continually, run, t, state.step))
+            )
+        if run.train.snapshot_every:
+            end = state.step + steps  # the task's end writes its own, whole
+            periodic.append((run.train.snapshot_every, partial(snapshot_within, run, t, end)))
         loop = TrainingLoop(
             run.model, optimizer, run.strategy, run.params, run.reporter, run.train.log_every,
-            stop, probe=partial(evaluate_continually, run, t, state.step) if run.train.eval_every else None,
-            probe_every=run.train.eval_every or 0, replay=Replay.of(
+            stop, periodic=tuple(periodic), replay=Replay.of(
                 state.memory, run.replay.batch_size or run.train.batch_size,
                 run.sequence.scenario, len(tasks), t,
                 run.pretrained_units if run.pretrained is not None else None,
@@ -252,6 +275,13 @@ def train_task(run: Run, state: LoopState, t: int, stop: StopRequest) -> tuple[f
     state.step, state.task_steps = state.step + steps, 0
     state.optimizer_state = None if optimizer.reset_per_task else optimizer.state_dict()
     return loss, penalty
+
+
+def snapshot_within(run: Run, t: int, task_end: int, step: int) -> None:
+    """`train.snapshot_every`: the parameters at global `step` of task `t`, unless that is
+    the task's last step, whose snapshot is the task end's."""
+    if step != task_end:
+        snapshots.save(run.output_dir, step, t, run.model, task_end=False)
 
 
 def consolidate_task(run: Run, state: LoopState, t: int) -> None:
@@ -324,13 +354,27 @@ def evaluate_continually(run: Run, t: int, task_start: int, step: int) -> None:
     """Continual evaluation at global `step` while task `t` trains: every task seen so far on
     its first `train.eval_subset` test images (its time counts as training's)."""
     acc = [
-        accuracy(
-            run.model, task, run.sequence.scenario, seen=t, device=run.device,
-            batch_size=run.train.eval_batch_size, limit=run.train.eval_subset,
-        )
+        task_accuracy(run, task, seen=t, limit=run.train.eval_subset)
         for task in run.sequence.tasks[: t + 1]
-    ]  # fmt: skip
+    ]
     run.reporter.probed(step, t, step - task_start, acc)
+
+
+def task_accuracy(run: Run, task: Task, seen: int, limit: int | None = None) -> float:
+    """`task`'s test accuracy over the units active once tasks 0..`seen` are learned."""
+    return accuracy(
+        run.model, task, run.sequence.scenario, seen=seen, device=run.device,
+        batch_size=run.train.eval_batch_size, limit=limit,
+    )  # fmt: skip
+
+
+def evaluate_at_start(run: Run) -> None:
+    """b_j of forward transfer: every task at the weights training starts from (the seed's
+    initialisation, or model.weights), over the units R[j−1][j] is evaluated on (those active
+    once task j−1 is learned), so that FWT compares like with like."""
+    with run.reporter.timing("eval"):
+        row = [task_accuracy(run, task, seen=max(task.index - 1, 0)) for task in run.sequence.tasks]
+    run.reporter.evaluated_at_start(row)
 
 
 def evaluate_tasks(run: Run, t: int) -> None:
@@ -338,11 +382,5 @@ def evaluate_tasks(run: Run, t: int) -> None:
     with run.reporter.timing("eval"):
         if run.pretrained is not None:
             run.reporter.pretrained_evaluated(evaluate_pretrained(run))
-        row = [
-            accuracy(
-                run.model, other, run.sequence.scenario, seen=t, device=run.device,
-                batch_size=run.train.eval_batch_size,
-            )
-            for other in run.sequence.tasks
-        ]  # fmt: skip
+        row = [task_accuracy(run, other, seen=t) for other in run.sequence.tasks]
     run.reporter.evaluated(t, row)
