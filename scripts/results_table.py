@@ -7,6 +7,7 @@
     python scripts/results_table.py relatives OUT     # the SI and MAS section alone (relatives_results.sh)
     python scripts/results_table.py kfac OUT          # the Kronecker-factored section (kfac_results.sh)
     python scripts/results_table.py comparisons OUT   # replay, A-GEM, LwF beside EWC (comparison_results.sh)
+    python scripts/results_table.py pretrained OUT [PNG]  # fine-tuning with T0 (pretrained_results.sh)
     python scripts/results_table.py grouped DIR KEY...  # mean ± error per value of config KEYs
 
 Accuracies are means over seeds ± the standard error of the mean (sd/√n).
@@ -35,12 +36,17 @@ def runs_under(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
 
 
+def standard_error(values: list[float]) -> float:
+    """sd/√n; 0 for a single value."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
 def mean_and_error(values: list[float]) -> str:
     """`mean ± standard error` in percent; the error is left out for a single run."""
     mean = 100 * statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values) / math.sqrt(len(values)):.1f}"
+    return f"{mean:.1f} ± {100 * standard_error(values):.1f}"
 
 
 def final_accuracy(run: dict[str, Any]) -> float:
@@ -370,6 +376,142 @@ Summarise any of them with `uv run python -m ewcexp.report multirun/<date>/<time
 """
 
 
+PRETRAINED = (  # row label, folder under OUT, its sweep (None: nothing swept)
+    ("fine-tuning", "finetune", None),
+    ("L2 (around the start)", "l2", "sweep_l2"),
+    ("EWC", "ewc", "sweep_ewc"),
+    ("online EWC", "online_ewc", "sweep_online_ewc"),
+    ("SI", "si", "sweep_si"),
+    ("LoRA (rank 4)", "lora", None),
+    ("EWC + LoRA", "ewc_lora", "sweep_ewc_lora"),
+)
+
+
+def pretrained_rows(out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """Row label → the row's runs by seed: those of the λ its sweep chose, where it has one."""
+    rows = {}
+    for label, folder, sweep in PRETRAINED:
+        runs = runs_under(out / folder)
+        if sweep is not None and runs and (out / sweep).is_dir():
+            chosen_lambda = best_value(out / sweep, "lambda", kept_and_learned)
+            runs = [r for r in runs if float(r["lambda"]) == chosen_lambda]
+        if runs:
+            rows[label] = {r["seed"]: r for r in runs}
+    return rows
+
+
+def pretrained_section(out: Path) -> list[str]:
+    """T0's accuracy at the start and at the end, the new tasks' final average accuracy
+    (mean ± standard error over seeds), paired differences against fine-tuning with the
+    report's t-interval, and the validation sweeps."""
+    from ewcexp.reporting.sweep_table import interval
+
+    rows = pretrained_rows(out)
+    lines = ["| method | T0 at the start (%) | T0 at the end (%) | new tasks, avg acc (%) |",
+             "|---|---|---|---|"]  # fmt: skip
+    for label, by_seed in rows.items():
+        runs = list(by_seed.values())
+        start = mean_and_error([r["acc_pretrained"][0] for r in runs])
+        end = mean_and_error([r["acc_pretrained"][-1] for r in runs])
+        learned = mean_and_error([r["avg_acc"] for r in runs])
+        lam = (
+            f" (λ={float(runs[0]['lambda']):g})"
+            if label not in ("fine-tuning", "LoRA (rank 4)")
+            else ""
+        )
+        lines.append(f"| {label}{lam} | {start} | {end} | {learned} |")
+    lines += ["", "Paired differences against fine-tuning (points, seed by seed; 95% t-interval as",
+              "`ewcexp.report` computes it):", "",
+              "| method − fine-tuning | T0 at the end | new tasks, avg acc |", "|---|---|---|"]  # fmt: skip
+    base = rows.get("fine-tuning", {})
+    for label, by_seed in rows.items():
+        seeds = sorted(set(by_seed) & set(base))
+        if label == "fine-tuning" or not seeds:
+            continue
+        cells = []
+        for value in (lambda r: r["acc_pretrained"][-1], lambda r: r["avg_acc"]):
+            d = interval([100 * (value(by_seed[s]) - value(base[s])) for s in seeds])
+            span = "" if d["se"] is None else f" [{d['ci95_low']:+.1f}, {d['ci95_high']:+.1f}]"
+            cells.append(f"{d['mean']:+.1f}{span}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "λ sweeps at seed 0 on the validation split: λ → T0 at the end / new tasks (%);",
+              "bold: the λ chosen (best mean of the two):", "", "| sweep | λ: T0 / new |",
+              "|---|---|"]  # fmt: skip
+    for label, _, sweep in PRETRAINED:
+        runs = runs_under(out / sweep) if sweep else []
+        if not runs:
+            continue
+        chosen_lambda = best_value(out / sweep, "lambda", kept_and_learned)
+        cells = []
+        for run in sorted(runs, key=lambda r: float(r["lambda"])):
+            cell = (f"{float(run['lambda']):g}: {100 * run['acc_pretrained'][-1]:.1f} / "
+                    f"{100 * run['avg_acc']:.1f}")  # fmt: skip
+            cells.append(f"**{cell}**" if float(run["lambda"]) == chosen_lambda else cell)
+        lines.append(f"| {label} | " + ", ".join(cells) + " |")
+    return lines
+
+
+def pretrained_figure(out: Path, path: Path) -> None:
+    """What is kept (T0 at the end) against what is learned (the new tasks' average), mean
+    ± standard error over seeds: EWC's and L2's curves over λ, the other methods as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def point(runs: list[dict[str, Any]]) -> tuple[float, float, float, float]:
+        learned = [100 * r["avg_acc"] for r in runs]
+        kept = [100 * r["acc_pretrained"][-1] for r in runs]
+        return (
+            statistics.fmean(learned),
+            statistics.fmean(kept),
+            standard_error(learned),
+            standard_error(kept),
+        )
+
+    figure, axes = plt.subplots(figsize=(7.5, 5.5), constrained_layout=True)
+    for label, folder, colour in (("EWC", "ewc", "tab:blue"), ("L2", "l2", "tab:orange")):
+        by_lambda: dict[float, list[dict[str, Any]]] = defaultdict(list)
+        for run in runs_under(out / folder):
+            by_lambda[float(run["lambda"])].append(run)
+        strengths = sorted(by_lambda)
+        if not strengths:
+            continue
+        points = [point(by_lambda[lam]) for lam in strengths]
+        axes.errorbar([p[0] for p in points], [p[1] for p in points], xerr=[p[2] for p in points],
+                      yerr=[p[3] for p in points], marker="o", color=colour,
+                      label=f"{label}, λ = {strengths[0]:g} … {strengths[-1]:g}")  # fmt: skip
+        for lam, p in zip(strengths, points, strict=True):
+            axes.annotate(f"λ={lam:g}", p[:2], textcoords="offset points", xytext=(5, 4),
+                          fontsize=8, color=colour)  # fmt: skip
+    markers = {"fine-tuning": "s", "online EWC": "^", "SI": "v", "LoRA (rank 4)": "D",
+               "EWC + LoRA": "P"}  # fmt: skip
+    starts = []
+    for label, by_seed in pretrained_rows(out).items():
+        runs = list(by_seed.values())
+        starts += [100 * r["acc_pretrained"][0] for r in runs]
+        if label in markers:
+            x, y, dx, dy = point(runs)
+            lam = (
+                f" (λ={float(runs[0]['lambda']):g})"
+                if label in ("online EWC", "SI", "EWC + LoRA")
+                else ""
+            )
+            axes.errorbar(x, y, xerr=dx, yerr=dy, marker=markers[label], linestyle="none",
+                          markersize=8, label=label + lam)  # fmt: skip
+    if starts:
+        axes.axhline(statistics.fmean(starts), color="grey", linestyle="--",
+                     label="T0 at the start (the pretrained network)")  # fmt: skip
+    axes.set_xlabel("learned: the new tasks' final average accuracy (%)")
+    axes.set_ylabel("kept: T0's final accuracy (%)")
+    axes.set_title("Fine-tuning a CNN trained on Fashion-MNIST (T0) on MNIST's digits\n"
+                   "what is kept against what is learned (3 seeds, ± standard error)")  # fmt: skip
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def table(out: Path) -> str:
     count = len(runs_under(out))
     parts = [
@@ -462,6 +604,7 @@ def main() -> None:
             "best-lambda",
             "best",
             "best-kept-and-learned",
+            "pretrained",
             "table",
             "relatives",
             "kfac",
@@ -479,6 +622,10 @@ def main() -> None:
         print(f"{best_value(Path(args.keys[0]), args.folder):g}")
     elif args.command == "best-kept-and-learned":
         print(f"{best_value(Path(args.keys[0]), args.folder, kept_and_learned):g}")
+    elif args.command == "pretrained":
+        print("\n".join(pretrained_section(folder)))
+        if args.keys:  # the trade-off figure's path
+            pretrained_figure(folder, Path(args.keys[0]))
     elif args.command == "relatives":
         print("\n".join(relatives_section(folder)))
     elif args.command == "kfac":
