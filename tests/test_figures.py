@@ -36,6 +36,7 @@ GAPS = [
     },
     {"task": 3, "during": 4, "before": 0.90, "min": 0.91, "depth": -0.01, "steps_to_recover": 0},
 ]
+T0_ACCURACY = [0.812, 0.745, 0.62, 0.55, 0.31, 0.288]  # at the start, then after 5 tasks
 
 
 def _matrix(size: int) -> list[list[float]]:
@@ -131,6 +132,12 @@ FIGURES: dict[str, Callable[[Path], Path]] = {
     "accuracy_matrix_20": lambda d: plots.accuracy_heatmap(_matrix(20), TITLE, d / "m.png"),
     "accuracy_curves": lambda d: plots.accuracy_curves(_matrix(5), TITLE, d / "c.png"),
     "accuracy_curves_20": lambda d: plots.accuracy_curves(_matrix(20), TITLE, d / "c.png"),
+    "accuracy_matrix_t0": lambda d: plots.accuracy_heatmap(
+        _matrix(5), TITLE, d / "m.png", ("fashion_mnist", T0_ACCURACY)
+    ),
+    "accuracy_curves_t0": lambda d: plots.accuracy_curves(
+        _matrix(5), TITLE, d / "c.png", ("fashion_mnist", T0_ACCURACY)
+    ),
     "importance_histograms": lambda d: plots.importance_histograms(
         _histograms(6), f"{TITLE}: fisher task2", d / "f.png", "fisher"
     ),
@@ -403,3 +410,34 @@ def test_the_marks_without_a_legend_are_explained_in_a_label(draw):
     overlap = draw("overlap_heatmap")
     (colorbar,) = [a for a in overlap.axes if getattr(a, "_colorbar", None) is not None]
     assert "identical" in colorbar.get_ylabel() and "disjoint" in colorbar.get_ylabel()
+
+
+def test_a_run_with_t0_draws_its_column_start_row_and_curve_and_one_without_does_not(draw):
+    """With task_sequence.pretrained_on, the matrix gets T0's column first (its data set named
+    in the axis label) and a `start` row on top, which holds T0's starting accuracy alone; the curves
+    get T0's line from 0 tasks trained on. Without it, neither: the tasks only, from task 1."""
+    matrix, t0 = _matrix(5), [round(100 * a) for a in T0_ACCURACY]
+    axes = draw("accuracy_matrix_t0").axes[0]
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "1", "2", "3", "4", "5"]
+    assert "0: fashion_mnist" in axes.get_xlabel()
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["start", "1", "2", "3", "4", "5"]
+    cells = {
+        (round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in axes.texts
+    }
+    assert [cells[(i, 0)] for i in range(6)] == [str(a) for a in t0]
+    assert [(i, j) for i, j in cells if i == 0] == [(0, 0)], "the start row: T0 alone"
+    assert cells[(3, 2)] == f"{100 * matrix[2][1]:.0f}", "R[i][j] one row and column down"
+    hatched = {(round(p.get_y() + 0.5), round(p.get_x() + 0.5)) for p in axes.patches}
+    assert hatched == {(i, j) for i in range(1, 6) for j in range(i + 1, 6)}
+    plain = draw("accuracy_matrix").axes[0]
+    assert [t.get_text() for t in plain.get_yticklabels()] == ["1", "2", "3", "4", "5"]
+    assert len(plain.texts) == 25 and "0:" not in plain.get_xlabel()
+
+    curves = draw("accuracy_curves_t0").axes[0]
+    (line,) = [ln for ln in curves.lines if ln.get_label() == "task 0 (fashion_mnist)"]
+    assert list(line.get_xdata()) == [0, 1, 2, 3, 4, 5]
+    assert list(line.get_ydata()) == pytest.approx([100 * a for a in T0_ACCURACY])
+    assert "task 0 (fashion_mnist)" in [t.get_text() for t in curves.get_legend().get_texts()]
+    plain = draw("accuracy_curves").axes[0]
+    assert not [ln for ln in plain.lines if ln.get_label().startswith("task 0")]
+    assert min(min(ln.get_xdata()) for ln in plain.lines) == 1

@@ -136,3 +136,14 @@ def test_torchvision_and_timm_architectures_run_end_to_end_frozen_and_in_bf16(tm
     assert len(errors) == 1 and f"model.weights={weights}" in errors[0], refused.stderr
     assert "pretrained_on" in errors[0]
     assert not any((again / "no" / "run" / name).exists() for name in ("checkpoint.pt", "model.pt"))
+
+
+def test_a_vit_given_an_image_size_is_built_for_it_and_a_convnet_only_resizes():
+    """timm's ViT takes `img_size` (its position embeddings depend on it): at model.image_size=32
+    it has 2×2 patches; a ResNet has no such argument and runs at any size."""
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    vit = timm_network("vit_tiny_patch16_224", (1, 28, 28), 10, image_size=32)
+    assert vit.net.pos_embed.shape[1] == 1 + (32 // 16) ** 2  # the class token and 4 patches
+    assert vit(images).shape == (2, 10)
+    resnet = timm_network("resnet18", (1, 28, 28), 10, image_size=32)
+    assert resnet.image_size == 32 and resnet(images).shape == (2, 10)

@@ -111,10 +111,11 @@ def timm_network(
     names = timm.list_models()
     if arch not in names:
         raise ConfigError(_unknown("timm", arch, names))
+    sized = {"img_size": image_size} if image_size is not None else {}
     if weights is not None and not _is_file(weights):
         tag = "" if weights == "pretrained" else f".{weights}"
         try:  # the library's download, its head replaced by one of out_features
-            net = timm.create_model(arch + tag, pretrained=True, num_classes=out_features)
+            net = _timm_model(arch + tag, True, out_features, sized)
         except Exception as error:  # noqa: BLE001 - no network, an unknown tag: one line
             why = " ".join(str(error).split())[:300]
             raise ConfigError(
@@ -123,13 +124,24 @@ def timm_network(
                 "path of the weights file instead"
             ) from None
     else:
-        net = timm.create_model(arch, pretrained=False, num_classes=out_features)
+        net = _timm_model(arch, False, out_features, sized)
     config = net.pretrained_cfg
     size = image_size or config.get("input_size", (3, 224, 224))[-1]
     return _adapted(
         net, arch, input_shape, weights, size,
         config.get("mean", IMAGENET_MEAN), config.get("std", IMAGENET_STD),
     )  # fmt: skip
+
+
+def _timm_model(name: str, pretrained: bool, out_features: int, sized: dict) -> nn.Module:
+    """timm's `name`, built for `model.image_size` where its layers depend on the input size
+    (a ViT's position embeddings take `img_size`); the other architectures take any size."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=out_features, **sized)
+    except TypeError:  # an architecture without `img_size`: its input is only resized
+        return timm.create_model(name, pretrained=pretrained, num_classes=out_features)
 
 
 def _adapted(

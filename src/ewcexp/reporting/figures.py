@@ -24,28 +24,46 @@ from torch import Tensor
 MAX_NAMED = 12  # lines named in a legend; more would not fit (W&B has each one by name)
 LEVEL = 1.5  # the landscape's contour lines: each a loss this factor above the one inside it
 EPS_EXPONENT = -12  # histograms are of log10(|importance| + 1e-12): exact zeros land at -12
+# T0 (task_sequence.pretrained_on): its data set's name, and its accuracy at the start then
+# after each task (results.json's `pretrained_on` and `acc_pretrained`)
+Pretrained = tuple[str, list[float]]
 
 
-def accuracy_heatmap(acc_matrix: list[list[float]], title: str, path: Path) -> Path:
-    """R[i][j] as a heatmap; the cells of tasks not yet trained are hatched."""
+def accuracy_heatmap(
+    acc_matrix: list[list[float]], title: str, path: Path, pretrained: Pretrained | None = None
+) -> Path:
+    """R[i][j] as a heatmap; the cells of tasks not yet trained are hatched. With `pretrained`
+    (T0), its column comes first and a `start` row above the tasks' rows: T0 is known before
+    any task is learned."""
     matrix = np.array(acc_matrix) * 100
     size = len(matrix)
-    figure, axes = _subplots(figsize=(max(5.0, 2.0 + 0.6 * size), max(3.8, 1.3 + 0.5 * size)))
+    labels = [str(j + 1) for j in range(size)]
+    rows, known = labels, ""
+    if pretrained is not None:  # row 0: the start, where only T0 has been measured
+        name, kept = pretrained
+        tasks = np.vstack([np.full(size, np.nan), matrix])
+        matrix = np.column_stack([100 * np.array(kept), tasks])
+        labels, rows = ["0", *labels], ["start", *rows]
+        known = f" (0: {name}, learned before)"  # too wide for its tick
+    first = len(rows) - size  # the row and column of task 1: 1 after T0's
+    figure, axes = _subplots(
+        figsize=(max(5.0, 2.0 + 0.6 * len(rows)), max(3.8, 1.3 + 0.5 * len(rows)))
+    )
     image = axes.imshow(matrix, vmin=0, vmax=100, cmap="viridis")
-    for i in range(size):
-        for j in range(size):
-            if j > i:
-                axes.add_patch(
-                    Rectangle(
-                        (j - 0.5, i - 0.5),
-                        1,
-                        1,
-                        fill=False,
-                        hatch="//",
-                        edgecolor="white",
-                        linewidth=0,
-                    )
+    for i, j in np.ndindex(matrix.shape):
+        if first <= i < j:  # the start row has nothing to hatch: no task measured there
+            axes.add_patch(
+                Rectangle(
+                    (j - 0.5, i - 0.5),
+                    1,
+                    1,
+                    fill=False,
+                    hatch="//",
+                    edgecolor="white",
+                    linewidth=0,
                 )
+            )
+        if np.isfinite(matrix[i, j]):
             axes.text(
                 j,
                 i,
@@ -55,29 +73,35 @@ def accuracy_heatmap(acc_matrix: list[list[float]], title: str, path: Path) -> P
                 fontsize=7,
                 color="white" if matrix[i, j] < 60 else "black",
             )
-    ticks = range(size)
-    axes.set_xticks(ticks, [str(j + 1) for j in ticks])
-    axes.set_yticks(ticks, [str(i + 1) for i in ticks])
-    axes.set_xlabel("evaluated on task\n(hatched: that task not trained yet)")
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set_yticks(range(len(rows)), rows)
+    axes.set_xlabel(f"evaluated on task{known}\n(hatched: that task not trained yet)")
     axes.set_ylabel("after training task")
     axes.set_title(title, fontsize=9)
     figure.colorbar(image, ax=axes, label="test accuracy (%)")
     return _save(figure, path)
 
 
-def accuracy_curves(acc_matrix: list[list[float]], title: str, path: Path) -> Path:
-    """Each task's accuracy from the moment it is learned, and the average over tasks seen."""
+def accuracy_curves(
+    acc_matrix: list[list[float]], title: str, path: Path, pretrained: Pretrained | None = None
+) -> Path:
+    """Each task's accuracy from the moment it is learned, and the average over tasks seen;
+    with `pretrained`, T0's from the start (0 tasks trained) on, dashed: it is never trained."""
     matrix = np.array(acc_matrix) * 100
     size = len(matrix)
     steps = np.arange(1, size + 1)
     figure, axes = _subplots(figsize=(7, 4))
+    if pretrained is not None:
+        name, kept = pretrained
+        axes.plot(np.arange(size + 1), 100 * np.array(kept), marker=".", linestyle="--",
+                  color="grey", linewidth=1.5, label=f"task 0 ({name})")  # fmt: skip
     for j in range(size):
         axes.plot(steps[j:], matrix[j:, j], marker=".", linewidth=1, label=f"task {j + 1}")
     seen = [matrix[i, : i + 1].mean() for i in range(size)]
     axes.plot(steps, seen, color="black", linewidth=2.5, label="average over\nthe tasks trained")
     axes.set_xlabel("tasks trained")
     axes.set_ylabel("test accuracy (%)")
-    axes.set_xticks(steps)
+    axes.set_xticks(np.arange(0 if pretrained else 1, size + 1))
     axes.set_title(title, fontsize=9)
     _legend_outside(axes, title="accuracy on", ncols=1 if size <= 12 else 2)
     return _save(figure, path)

@@ -52,9 +52,10 @@ class Logger:
     def log_importance(
         self, kind: str, task: int, statistics: Statistics, histograms: Histograms
     ) -> None:
-        """After consolidating `task` (0-based), the importance (`kind`: "fisher", "mas",
-        "si") per parameter tensor, as {"task" or "accumulated" (the running one of
-        strategies that merge them): {tensor: {stat: value}}} and histograms of log10."""
+        """After consolidating `task` (0-based; T0, task_sequence.pretrained_on, is -1), the
+        importance (`kind`: "fisher", "mas", "si") per parameter tensor, as {"task" or
+        "accumulated" (the running one of strategies that merge them): {tensor: {stat:
+        value}}} and histograms of log10."""
 
     def log_spectra(
         self, kind: str, task: int, statistics: Statistics, histograms: Histograms

@@ -5,11 +5,13 @@ First every job folder (one with Hydra's `.hydra/`) and how it ended: completed,
 results and no error: still running, killed, or waiting for a requeue). Then, from the
 completed jobs only, a table: per (strategy, λ, Fisher estimator), the runs (seeds), the
 mean final average accuracy with its standard error and 95% t-interval (a single seed says
-so, rather than ±0), mean BWT, forgetting and FWT. Below it, for the best λ of each two
-strategies, the paired difference over the seeds both ran, with its interval. Writes the
-table as `lambda_sweep.csv` and plots final average accuracy against λ with the intervals
-as error bars (`lambda_sweep.png`). With `--wandb`, logs both tables and the plot to one
-summary run in the multirun's W&B group.
+so, rather than ±0), mean BWT, forgetting and FWT; for runs with a pretrained task 0
+(task_sequence.pretrained_on), T0's final accuracy with the same error and interval, and
+what it kept of its starting accuracy. Below it, for the best λ of each two strategies, the
+paired difference over the seeds both ran, with its interval. Writes the table as
+`lambda_sweep.csv` and plots final average accuracy against λ with the intervals as error
+bars (`lambda_sweep.png`). With `--wandb`, logs both tables and the plot to one summary run
+in the multirun's W&B group.
 
 This file finds the jobs, says how each ended and writes the outputs; the numbers, the
 table's text and the plot are `ewcexp.reporting.sweep_table`'s.
@@ -28,6 +30,7 @@ from ewcexp.reporting.sweep_table import (
     COLUMNS,
     PAIRED_COLUMNS,
     WITHOUT_LAMBDA,
+    columns_of,
     format_table,
     plot,
     summarise,
@@ -159,7 +162,8 @@ def log_to_wandb(
         dir=str(root),
     )
     try:
-        table = wandb.Table(columns=list(COLUMNS), data=[[row[c] for c in COLUMNS] for row in rows])
+        columns = columns_of(rows)
+        table = wandb.Table(columns=list(columns), data=[[row[c] for c in columns] for row in rows])
         paired = wandb.Table(
             columns=list(PAIRED_COLUMNS), data=[[p[c] for c in PAIRED_COLUMNS] for p in pairs]
         )
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(pairs, PAIRED_COLUMNS))
     print(f"\n{format_jobs(args.directory)}")
     with open(args.directory / "lambda_sweep.csv", "w", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(out, fieldnames=columns_of(rows), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     figure = plot(rows, args.directory / "lambda_sweep.png")

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ewcexp.data.sequences import TaskSequence
+from ewcexp.importance.contract import Importance, spectra_of
 from ewcexp.importance.diagnostics import overlap_row
 from ewcexp.reporting.files import write_json_atomically
 from ewcexp.reporting.loggers import Histogram, Logger
@@ -26,6 +27,10 @@ from ewcexp.reporting.statistics import (
     spectrum_statistics,
 )
 from ewcexp.strategy.base import Strategy
+
+# T0 (task_sequence.pretrained_on) as a 0-based task: consolidated before task 1, so its
+# importance is reported first, as task 0 (`"task": 0`, `fisher_task0.png`, W&B's task 0)
+PRETRAINED_TASK = -1
 
 
 class Reporter:
@@ -92,7 +97,8 @@ class Reporter:
     ) -> None:
         """Task `task`'s importance (`kind`: "fisher", "mas", "si") per parameter tensor, the
         running one of strategies that merge them, and Kronecker blocks' eigenvalues of A and
-        G per layer: statistics to results.json, histograms to the figures, both to the logs."""
+        G per layer: statistics to results.json, histograms to the figures, both to the logs.
+        `task` counts from 0; T0's is PRETRAINED_TASK."""
         groups = {"task": importance, **({"accumulated": accumulated} if accumulated else {})}
         statistics = {g: {n: importance_statistics(v) for n, v in t.items()} for g, t in groups.items()}  # fmt: skip
         histograms = {g: {n: importance_histogram(v) for n, v in t.items()} for g, t in groups.items()}  # fmt: skip
@@ -119,6 +125,27 @@ class Reporter:
                 for layer, factors in spectra.items()
             }
             self._each("log_spectra", kind, task, stats, counts)
+
+    def importance_estimated(
+        self,
+        task: int,
+        kind: str,
+        importance: Importance,
+        diagonal: list[Tensor],
+        accumulated: list[Tensor] | None,
+        names: list[str],
+    ) -> None:
+        """`consolidated`, from what the strategy's `end_task` returned: its `importance`,
+        with `diagonal` (one tensor per parameter, checked to be finite), and the merged one,
+        over the trainable parameters `names`; Kronecker blocks' layers named after their
+        weights."""
+        spectra = spectra_of(importance)
+        layers = [name.removesuffix(".weight") for name in names]
+        self.consolidated(
+            task, kind, dict(zip(names, diagonal, strict=True)),
+            dict(zip(names, accumulated, strict=True)) if accumulated else None,
+            {layers[i]: factors for i, factors in spectra.items()} if spectra else None,
+        )  # fmt: skip
 
     def diagnosed(
         self,

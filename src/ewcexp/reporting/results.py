@@ -21,9 +21,10 @@ def summarize(
     diverged: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The contents of results.json; the importance statistics under the importance's kind
-    ("fisher", "mas", "si"), which `importance` names. `status` is "completed", or with
-    `diverged` (where: `Diverged.record()`) "diverged": then the matrix has the rows of the
-    tasks finished before, and no final average, BWT or forgetting, which no run reached."""
+    ("fisher", "mas", "si"), which `importance` names (T0's first, as task 0). `status` is
+    "completed", or with `diverged` (where: `Diverged.record()`) "diverged": then the matrix
+    has the rows of the tasks finished before, and no final average, BWT or forgetting, which
+    no run reached."""
     done = len(record.acc) if diverged is None else diverged["task"] - 1
     acc, per_task = record.acc[:done], record.per_task[:done]  # as logged after each task
     kind = strategy.importance_kind
@@ -89,20 +90,25 @@ def continual_summary(record: Record, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_figures(results: dict[str, Any], record: Record, output_dir: Path) -> dict[str, Path]:
-    """The run's PNGs: accuracy matrix, accuracy curves, an importance histogram per
-    consolidation, and with Kronecker blocks their eigenvalue spectra."""
+    """The run's PNGs: accuracy matrix and curves (with T0's, task_sequence.pretrained_on),
+    an importance histogram per consolidation, and with Kronecker blocks their spectra."""
     from ewcexp.reporting import (
         figures as plots,  # matplotlib: imported only once there is something to draw
     )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     title = f"{results['strategy']}, λ={results['lambda']}, {results['scenario']}-incremental"
+    pretrained = (
+        (results["pretrained_on"], results["acc_pretrained"])
+        if "acc_pretrained" in results
+        else None
+    )
     figures = {
         "accuracy_matrix": plots.accuracy_heatmap(
-            results["acc_matrix"], title, output_dir / "accuracy_matrix.png"
+            results["acc_matrix"], title, output_dir / "accuracy_matrix.png", pretrained
         ),
         "accuracy_curves": plots.accuracy_curves(
-            results["acc_matrix"], title, output_dir / "accuracy_curves.png"
+            results["acc_matrix"], title, output_dir / "accuracy_curves.png", pretrained
         ),
     }
     for key, per_tensor in record.histograms.items():

@@ -1,7 +1,7 @@
 """The numbers of a sweep's report (`ewcexp.reporting.report`) and how they are shown: runs
 grouped by (strategy, λ, Fisher, setting), each group's mean with its standard error and 95%
-t-interval, the paired differences between strategies over the seeds both ran, the table as
-aligned text, and final average accuracy against λ as a figure. It reads no folder: the
+t-interval (and T0's, task_sequence.pretrained_on), the paired differences between
+strategies over the seeds both ran, the table as aligned text, and final average accuracy against λ as a figure. It reads no folder: the
 report finds the runs and hands over their results."""
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ COLUMNS = (
     "strategy", "lambda", "fisher", "setting", "runs", "avg_acc", "se", "ci95_low", "ci95_high",
     "bwt", "forgetting", "fwt",
 )  # fmt: skip
+# beside those, where a row's runs have T0 (task_sequence.pretrained_on): its data set, its
+# final accuracy with the same error and interval as avg_acc, and what it kept (final − start)
+PRETRAINED_COLUMNS = ("t0", "t0_acc", "t0_se", "t0_ci95_low", "t0_ci95_high", "t0_kept")
 PAIRED_COLUMNS = (
     "first",
     "second",
@@ -50,6 +53,27 @@ def interval(values: list[float]) -> dict[str, float | None]:
     se = statistics.stdev(values) / len(values) ** 0.5
     half = t_quantile(len(values) - 1) * se
     return {"mean": mean, "se": se, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def columns_of(rows: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The table's columns: T0's only when a row has one, so runs without keep their table."""
+    return COLUMNS + PRETRAINED_COLUMNS if any(row.get("t0") for row in rows) else COLUMNS
+
+
+def pretrained(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's T0 columns: over the runs with T0, its final accuracy's mean, standard error
+    and 95% interval (as avg_acc's) and the mean of final − start; all None without T0."""
+    with_t0 = [run for run in runs if run.get("acc_pretrained")]
+    if not with_t0:
+        return dict.fromkeys(PRETRAINED_COLUMNS)
+    final = interval([run["acc_pretrained"][-1] for run in with_t0])
+    return {
+        "t0": with_t0[0]["pretrained_on"], "t0_acc": final["mean"], "t0_se": final["se"],
+        "t0_ci95_low": final["ci95_low"], "t0_ci95_high": final["ci95_high"],
+        "t0_kept": statistics.fmean(
+            run["acc_pretrained"][-1] - run["acc_pretrained"][0] for run in with_t0
+        ),
+    }  # fmt: skip
 
 
 def group_key(results: dict[str, Any]) -> tuple[str, float | None, str | None]:
@@ -103,8 +127,8 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
     """One row per (strategy, λ, Fisher estimator, setting) of these runs' results: the runs
     (seeds) found (a strategy without λ: the first of each seed, repeated by a λ sweep), the
     mean final average accuracy with its standard error and 95% interval, mean BWT,
-    forgetting and FWT; and for the best λ of each strategy, the paired differences between
-    strategies of the same setting over the seeds both ran."""
+    forgetting and FWT, T0's columns (`pretrained`); and for the best λ of each strategy, the
+    paired differences between strategies of the same setting over the seeds both ran."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for results, setting in zip(runs, settings(runs), strict=True):
         groups[(*group_key(results), setting)].append(results)
@@ -126,7 +150,7 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[di
                 "runs": len(grouped), "avg_acc": accuracy["mean"], "se": accuracy["se"],
                 "ci95_low": accuracy["ci95_low"], "ci95_high": accuracy["ci95_high"],
                 "bwt": mean(grouped, "bwt"), "forgetting": mean(grouped, "forgetting"),
-                "fwt": mean(grouped, "fwt"),
+                "fwt": mean(grouped, "fwt"), **pretrained(grouped),
                 "by_seed": {run["seed"]: run["avg_acc"] for run in grouped},
             }
         )  # fmt: skip
@@ -170,15 +194,20 @@ def label(row: dict[str, Any]) -> str:
     return row["strategy"] + fisher + ("" if row["lambda"] is None else f"@{row['lambda']:g}")
 
 
-def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
-    """The rows as aligned text; the `setting` column only when runs differ in one."""
+def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
+    """The rows as aligned text, in `columns` (by default `columns_of(rows)`); the `setting`
+    column only when runs differ in one."""
+    columns = columns_of(rows) if columns is None else columns
     columns = tuple(c for c in columns if c != "setting" or any(r["setting"] for r in rows))
 
     def cell(column: str, value: Any, row: dict[str, Any]) -> str:
         if value is None:
+            if column.startswith("t0") and not row.get("t0"):
+                return "-"  # its runs have no T0
             if column == "se" and (row.get("runs") == 1 or row.get("seeds") == 1):
                 return "one seed: no interval"
-            return "" if column.startswith("ci95") and row.get("se") is None else "-"
+            interval_cell = column.startswith(("ci95", "t0_se", "t0_ci95"))
+            return "" if interval_cell and row.get("se") is None else "-"
         if isinstance(value, float):
             return f"{value:.4f}" if column != "lambda" else f"{value:g}"
         return str(value)

@@ -26,7 +26,7 @@ from ewcexp.data import DataUnavailable
 from ewcexp.data.replay import replay_memory
 from ewcexp.data.scenarios import Task
 from ewcexp.data.sequences import TaskSequence, build_sequence, pretrained_task
-from ewcexp.importance.contract import TaskData, diagonal_of, spectra_of
+from ewcexp.importance.contract import TaskData, diagonal_of
 from ewcexp.importance.diagnostics import diagnose
 from ewcexp.model import build_model
 from ewcexp.model.weights import model_file, parameter_counts
@@ -34,7 +34,7 @@ from ewcexp.reporting.files import write_atomically
 from ewcexp.reporting.joblog import to_log_files
 from ewcexp.reporting.metrics import average_accuracy
 from ewcexp.reporting.record import Record
-from ewcexp.reporting.reporter import Reporter
+from ewcexp.reporting.reporter import PRETRAINED_TASK, Reporter
 from ewcexp.reporting.results import format_report
 from ewcexp.training import checkpoint, snapshots
 from ewcexp.training.divergence import Diverged, first_non_finite
@@ -303,19 +303,17 @@ def consolidate_task(run: Run, state: LoopState, t: int) -> None:
             found = diagnose(run.model, data, run.diagnostics, names, draws_before)
             run.reporter.diagnosed(t, *found)
     if importance is not None:
-        spectra = spectra_of(importance)
-        layers = [name.removesuffix(".weight") for name, _ in run.named]
-        run.reporter.consolidated(
-            t, run.strategy.importance_kind, run.by_name(diagonal),
-            run.by_name(accumulated) if accumulated else None,
-            {layers[i]: factors for i, factors in spectra.items()} if spectra else None,
+        run.reporter.importance_estimated(
+            t, run.strategy.importance_kind, importance, diagonal, accumulated,
+            [name for name, _ in run.named],
         )  # fmt: skip
 
 
 def consolidate_pretrained(run: Run, state: LoopState) -> None:
     """T0 (task_sequence.pretrained_on) before any training: its accuracy at the starting
     weights, then the strategy consolidates it there, on that data set's training images
-    over its own output units (EWC "anchored at the pretrained model")."""
+    over its own output units (EWC "anchored at the pretrained model"); the importance it
+    estimated is reported as a task's is, as task 0."""
     assert run.pretrained is not None
     run.reporter.pretrained_evaluated(evaluate_pretrained(run))
     units = run.pretrained_units
@@ -327,7 +325,16 @@ def consolidate_pretrained(run: Run, state: LoopState) -> None:
             "one; only the new tasks are protected", run.strategy.name, run.pretrained.name,
         )  # fmt: skip
     with run.reporter.timing("fisher"):
-        run.strategy.end_task(run.model, run.params, data)
+        importance = run.strategy.end_task(run.model, run.params, data)
+    accumulated = run.strategy.accumulated_importance()
+    if importance is not None:
+        diagonal = diagonal_of(importance, run.params)
+        # not finite (weights that are not): no statistics; the first step's loss stops the run
+        if first_non_finite([*diagonal, *(accumulated or [])]) is None:
+            run.reporter.importance_estimated(
+                PRETRAINED_TASK, run.strategy.importance_kind, importance, diagonal, accumulated,
+                [name for name, _ in run.named],
+            )  # fmt: skip
     if state.memory is not None:  # T0's samples join the stream first, as task len(tasks)
         images, labels = run.pretrained.train_set()
         order = torch.randperm(len(labels), generator=state.memory.generator, device="cpu")

@@ -56,9 +56,6 @@ class Run:
     def params(self) -> list[Tensor]:
         return [p for _, p in self.named]
 
-    def by_name(self, tensors: list[Tensor]) -> dict[str, Tensor]:
-        return {n: t for (n, _), t in zip(self.named, tensors, strict=True)}
-
 
 @dataclass
 class LoopState:
