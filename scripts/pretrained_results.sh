@@ -23,7 +23,7 @@ source scripts/results_common.sh  # COMMON, SEEDS, multirun
 COMMON=("${COMMON[@]/fisher.num_samples=5000/fisher.num_samples=1000}" model=cnn)  # the CNN's Fisher: 1000 samples
 LAMBDAS=10,100,1000,10000,100000
 L2_LAMBDAS=0.001,0.01,0.1,1,10,100
-SI_LAMBDAS=0.1,1,10,100,1000
+SI_LAMBDAS=0.1,1,10,100,1000,10000
 LORA=(model.lora.rank=4)
 NEW=(task_sequence=split_mnist task_sequence.num_tasks=2 task_sequence.classes_per_task=5
     task_sequence.pretrained_on=fashion_mnist data.allow_fallback=true train.iterations=100
