@@ -8,6 +8,7 @@
     python scripts/results_table.py kfac OUT          # the Kronecker-factored section (kfac_results.sh)
     python scripts/results_table.py comparisons OUT   # replay, A-GEM, LwF beside EWC (comparison_results.sh)
     python scripts/results_table.py pretrained OUT [PNG]  # fine-tuning with T0 (pretrained_results.sh)
+    python scripts/results_table.py libraries OUT     # torchvision and timm end to end (library_results.sh)
     python scripts/results_table.py grouped DIR KEY...  # mean ± error per value of config KEYs
 
 Accuracies are means over seeds ± the standard error of the mean (sd/√n).
@@ -512,6 +513,33 @@ def pretrained_figure(out: Path, path: Path) -> None:
     plt.close(figure)
 
 
+def libraries_section(out: Path) -> list[str]:
+    """library_results.sh's runs: per architecture, what it learned of Fashion-MNIST, then
+    T0 at the start and end and the digits' accuracy for each fine-tuning run, with the
+    parameters that trained and the wall time."""
+    lines = ["| network | run | trainable / total parameters | T0 at the start (%) | "
+             "T0 at the end (%) | digits, avg acc (%) | wall time (s) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for arch in sorted(p.name for p in out.iterdir() if p.is_dir()):
+        for run_name in ("pretrain", "finetune", "ewc_lora"):
+            found = runs_under(out / arch / run_name)
+            if not found:
+                continue
+            run = found[0]
+            counts = run["parameters"]
+            share = f"{counts['trainable']:,} / {counts['total']:,}"
+            if run_name == "pretrain":
+                cells = ["–", f"{100 * run['avg_acc']:.1f} (learned)", "–"]
+            else:
+                start, end = run["acc_pretrained"][0], run["acc_pretrained"][-1]
+                cells = [f"{100 * start:.1f}", f"{100 * end:.1f}", f"{100 * run['avg_acc']:.1f}"]
+            label = {"pretrain": "learns Fashion-MNIST", "finetune": "fine-tuning",
+                     "ewc_lora": f"EWC λ={float(run['lambda']):g} on LoRA (rank 4)"}[run_name]  # fmt: skip
+            lines.append(f"| {arch} | {label} | {share} | " + " | ".join(cells)
+                         + f" | {run['wall_time_s']:.0f} |")  # fmt: skip
+    return lines
+
+
 def table(out: Path) -> str:
     count = len(runs_under(out))
     parts = [
@@ -605,6 +633,7 @@ def main() -> None:
             "best",
             "best-kept-and-learned",
             "pretrained",
+            "libraries",
             "table",
             "relatives",
             "kfac",
@@ -626,6 +655,8 @@ def main() -> None:
         print("\n".join(pretrained_section(folder)))
         if args.keys:  # the trade-off figure's path
             pretrained_figure(folder, Path(args.keys[0]))
+    elif args.command == "libraries":
+        print("\n".join(libraries_section(folder)))
     elif args.command == "relatives":
         print("\n".join(relatives_section(folder)))
     elif args.command == "kfac":
