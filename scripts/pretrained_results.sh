@@ -24,6 +24,7 @@ COMMON=("${COMMON[@]/fisher.num_samples=5000/fisher.num_samples=1000}" model=cnn
 LAMBDAS=10,100,1000,10000,100000
 L2_LAMBDAS=0.001,0.01,0.1,1,10,100
 SI_LAMBDAS=0.1,1,10,100,1000,10000
+LORA_LAMBDAS=10,100,1000,10000,100000,1000000
 LORA=(model.lora.rank=4)
 NEW=(task_sequence=split_mnist task_sequence.num_tasks=2 task_sequence.classes_per_task=5
     task_sequence.pretrained_on=fashion_mnist data.allow_fallback=true train.iterations=100
@@ -44,7 +45,7 @@ for part in "${parts[@]}"; do
         multirun "$OUT/sweep_l2" "${NEW[@]}" strategy=l2 "lambda=$L2_LAMBDAS" "${VALIDATION[@]}"
         multirun "$OUT/sweep_online_ewc" "${NEW[@]}" strategy=online_ewc "lambda=$LAMBDAS" "${VALIDATION[@]}"
         multirun "$OUT/sweep_si" "${NEW[@]}" strategy=si "lambda=$SI_LAMBDAS" "${VALIDATION[@]}"
-        multirun "$OUT/sweep_ewc_lora" "${NEW[@]}" "${LORA[@]}" strategy=ewc "lambda=$LAMBDAS" "${VALIDATION[@]}" ;;
+        multirun "$OUT/sweep_ewc_lora" "${NEW[@]}" "${LORA[@]}" strategy=ewc "lambda=$LORA_LAMBDAS" "${VALIDATION[@]}" ;;
     curve)
         multirun "$OUT/ewc" "${NEW[@]}" strategy=ewc "lambda=$LAMBDAS" seed=$SEEDS
         multirun "$OUT/l2" "${NEW[@]}" strategy=l2 "lambda=$L2_LAMBDAS" seed=$SEEDS
