@@ -485,8 +485,11 @@ def pretrained_figure(out: Path, path: Path) -> None:
         for lam, p in zip(strengths, points, strict=True):
             axes.annotate(f"λ={lam:g}", p[:2], textcoords="offset points", xytext=(5, 4),
                           fontsize=8, color=colour)  # fmt: skip
-    markers = {"fine-tuning": "s", "online EWC": "^", "SI": "v", "LoRA (rank 4)": "D",
-               "EWC + LoRA": "P"}  # fmt: skip
+    markers = {  # label: (marker, colour), apart from the curves' blue and orange
+        "fine-tuning": ("s", "black"), "online EWC": ("^", "tab:purple"),
+        "SI": ("v", "tab:green"), "LoRA (rank 4)": ("D", "tab:red"),
+        "EWC + LoRA": ("P", "tab:brown"),
+    }  # fmt: skip
     starts = []
     for label, by_seed in pretrained_rows(out).items():
         runs = list(by_seed.values())
@@ -498,7 +501,7 @@ def pretrained_figure(out: Path, path: Path) -> None:
                 if label in ("online EWC", "SI", "EWC + LoRA")
                 else ""
             )
-            axes.errorbar(x, y, xerr=dx, yerr=dy, marker=markers[label], linestyle="none",
+            axes.errorbar(x, y, xerr=dx, yerr=dy, marker=markers[label][0], color=markers[label][1], linestyle="none",
                           markersize=8, label=label + lam)  # fmt: skip
     if starts:
         axes.axhline(statistics.fmean(starts), color="grey", linestyle="--",
